@@ -1,0 +1,28 @@
+# Two commands: `make demo` and `make test`. Both create ./.venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch; override (e.g. TORCH=torch) to let pip choose.
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev,dlib,openvino
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qfsdk-installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/qfsdk demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .cache qfsdk-demo build *.egg-info

@@ -1,0 +1,1 @@
+"""qfsdk.calib: synthetic calibration data and range observers."""

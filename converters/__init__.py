@@ -1,0 +1,1 @@
+"""qfsdk.converters: PyTorch models and checkpoints to ONNX."""

@@ -1,0 +1,60 @@
+"""Export a float zoo model to ONNX with its contract in ``metadata_props``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from qfsdk._version import __version__
+from qfsdk.runtime.contract import FaceContract
+from qfsdk.runtime.files import atomic_output
+from qfsdk.runtime.metadata import ARCHITECTURE_KEY, CONTRACT_KEY, VERSION_KEY
+
+DEFAULT_OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "embedding"
+
+
+def export_float(
+    model: nn.Module,
+    path: str | Path,
+    contract: FaceContract,
+    architecture: str,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """Write ``model`` (eval mode, fp32) to ``path`` with a dynamic batch dimension; atomic."""
+    model = model.eval()
+    example = torch.zeros(1, 3, *contract.input_size)
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+        proto = onnx.load(str(tmp))
+        add_metadata(proto, contract, architecture)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def add_metadata(proto: onnx.ModelProto, contract: FaceContract, architecture: str) -> None:
+    """Store the contract, SDK version and architecture in the model's metadata."""
+    values = {CONTRACT_KEY: contract.to_json(), VERSION_KEY: __version__, ARCHITECTURE_KEY: architecture}
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)

