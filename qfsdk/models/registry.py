@@ -75,7 +75,8 @@ def create(name: str, weights: str | Path | None = None, *, pretrained: bool = T
     ``weights`` is a checkpoint file (``.pth``/``.pt``, ``.safetensors`` or the model's native
     format). Without it, a model whose pretrained weights ship in an installed package (dlib)
     loads those unless ``pretrained=False``; other models start randomly initialised.
-    The model carries its preprocessing contract as ``model.contract``.
+    The model carries its preprocessing contract as ``model.contract`` and its zoo name as
+    ``model.arch``.
     """
     from qfsdk.checkpoints import load_weights
 
@@ -89,4 +90,5 @@ def create(name: str, weights: str | Path | None = None, *, pretrained: bool = T
     else:
         log.info("%s: randomly initialised (pass weights=... for a pretrained model)", name)
     model.contract = spec.contract
+    model.arch = name
     return model.eval()

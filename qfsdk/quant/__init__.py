@@ -1,0 +1,17 @@
+"""Quantization: fake-quant modules, PTQ calibration and QAT with distillation."""
+
+from .api import calibrate, quantize, set_range_tracking
+from .checkpoint import load, save_quantized
+from .config import PRESETS, LayerOverride, QuantConfig, preset
+
+__all__ = [
+    "PRESETS",
+    "LayerOverride",
+    "QuantConfig",
+    "calibrate",
+    "load",
+    "preset",
+    "quantize",
+    "save_quantized",
+    "set_range_tracking",
+]

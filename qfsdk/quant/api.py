@@ -1,0 +1,115 @@
+"""``quantize(model, config)`` and ``calibrate(model, data, method)``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qfsdk.calib.data import as_batches
+from qfsdk.calib.observers import make_observer
+from qfsdk.errors import ConfigError, QfsdkError
+
+from .config import QuantConfig, resolve_config
+from .modules import SCHEME_RULES, ActQuantizer, QuantModule, convert
+
+log = logging.getLogger(__name__)
+
+
+def quantizable_layers(model: nn.Module, scheme: str) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of every layer ``scheme`` would convert."""
+    rules = SCHEME_RULES[scheme]
+    return [(name, module) for name, module in model.named_modules() if type(module) in rules]
+
+
+def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "w8a8") -> nn.Module:
+    """Prepare ``model`` for quantization in place and return it.
+
+    Float Conv2d/Linear/residual-add (and, for the ``quantface`` scheme, PReLU/ReLU) modules
+    are swapped for fake-quantized ones through the scheme's registry. The config is validated
+    (presets, bits, layer patterns) before anything changes and is kept as ``model.quant_config``.
+    """
+    config = resolve_config(config)
+    if any(isinstance(m, QuantModule) for m in model.modules()):
+        raise ConfigError("model is already quantized; quantize the float model")
+    layers = quantizable_layers(model, config.scheme)
+    if not layers:
+        raise ConfigError(f"model {type(model).__name__} has no layers that scheme {config.scheme!r} quantizes")
+    config.check_patterns(name for name, _ in layers)
+    rules = SCHEME_RULES[config.scheme]
+    symmetric = config.scheme == "tensorrt"
+    for name, module in layers:
+        weight_bits, act_bits, enabled = config.bits_for(name)
+        if enabled:
+            convert(module, rules[type(module)], weight_bits, act_bits, symmetric)
+    model.quant_config = config
+    log.info("quantized %d layers of %s (%s)", len(layers), type(model).__name__, config.to_json())
+    return model
+
+
+def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:
+    """Every activation quantizer with its qualified name."""
+    for name, module in model.named_modules():
+        if isinstance(module, ActQuantizer):
+            yield name, module
+
+
+def quant_config_of(model: nn.Module) -> QuantConfig:
+    config = getattr(model, "quant_config", None)
+    if config is None:
+        raise QfsdkError("model is not quantized: call qfsdk.quantize(model, config) first")
+    return config
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module,
+    data: object,
+    method: str | None = None,
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> nn.Module:
+    """Collect activation ranges over ``data`` with the float activations, then freeze them.
+
+    ``data``: any calibration source (see :func:`qfsdk.calib.data.as_batches`). ``method``:
+    ``minmax``, ``percentile[:P]`` or ``mse`` (default: the config's observer).
+    """
+    config = quant_config_of(model)
+    method = method or config.observer
+    quantizers = list(act_quantizers(model))
+    for _, quantizer in quantizers:
+        observer_method = method if quantizer.symmetric else "minmax"
+        quantizer.observer = make_observer(observer_method, quantizer.bits, config.percentile)
+    batches = as_batches(data, model.contract, batch_size)
+    was_training = model.training
+    model.eval()
+    images = 0
+    try:
+        for batch in tqdm(batches, desc=f"calibrate ({method})", disable=not progress, total=len(batches)):
+            model(batch)
+            images += len(batch)
+    finally:
+        for _, quantizer in quantizers:
+            observer, quantizer.observer = quantizer.observer, None
+            if images:
+                low, high = observer.min_max()
+                if quantizer.symmetric:
+                    high = observer.amax()
+                    low = -high
+                quantizer.set_range(low, high)
+        model.train(was_training)
+    if not images:
+        raise QfsdkError("calibration data yielded no images")
+    model.calibration = {"method": method, "images": images}
+    log.info("calibrated %d activation quantizers on %d images (%s)", len(quantizers), images, method)
+    return model
+
+
+def set_range_tracking(model: nn.Module, enabled: bool) -> None:
+    """QAT warm-up: let activation ranges grow with each batch (True) or freeze them (False)."""
+    for _, quantizer in act_quantizers(model):
+        quantizer.tracking = enabled

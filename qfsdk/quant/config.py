@@ -1,0 +1,161 @@
+"""Typed, validated quantization configs; presets are data."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Iterable, Mapping
+
+from qfsdk.errors import ConfigError
+
+PRESETS: dict[str, dict[str, int]] = {
+    "w8a8": {"weight_bits": 8, "act_bits": 8},
+    "w6a6": {"weight_bits": 6, "act_bits": 6},
+    "w4a8": {"weight_bits": 4, "act_bits": 8},
+    "w4a4": {"weight_bits": 4, "act_bits": 4},
+}
+SCHEMES = ("tensorrt", "quantface")
+OBSERVERS = ("minmax", "percentile", "mse")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+def _check_bits(value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_BITS <= value <= MAX_BITS:
+        raise ConfigError(f"{what} must be an integer from {MIN_BITS} to {MAX_BITS} (int8 containers), got {value!r}")
+
+
+def _unknown_keys(data: Mapping[str, Any], known: Iterable[str], what: str) -> None:
+    known = list(known)
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"unknown {what} key {key!r}{hint}")
+
+
+@dataclass(frozen=True)
+class LayerOverride:
+    """Bit widths for the layers whose qualified name matches ``pattern`` (fnmatch syntax).
+
+    ``enabled=False`` keeps matching layers in float.
+    """
+
+    pattern: str
+    weight_bits: int | None = None
+    act_bits: int | None = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.pattern:
+            raise ConfigError("a layer override needs a non-empty name pattern")
+        for name in ("weight_bits", "act_bits"):
+            if getattr(self, name) is not None:
+                _check_bits(getattr(self, name), f"override {self.pattern!r}: {name}")
+
+    def matches(self, name: str) -> bool:
+        return fnmatch.fnmatchcase(name, self.pattern)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "LayerOverride":
+        _unknown_keys(data, [f.name for f in fields(cls)], "layer override")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how.
+
+    ``scheme='tensorrt'``: symmetric int (zero point 0), per-output-channel weights, per-tensor
+    activations at Conv/Gemm inputs and residual skip inputs. ``scheme='quantface'``: the
+    paper's asymmetric quantizer, after every PReLU and residual add.
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    scheme: str = "tensorrt"
+    observer: str = "minmax"
+    percentile: float = 99.99
+    overrides: tuple[LayerOverride, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        _check_bits(self.weight_bits, "weight_bits")
+        _check_bits(self.act_bits, "act_bits")
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
+        if self.observer not in OBSERVERS:
+            raise ConfigError(f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}")
+        if not 0 < self.percentile <= 100:
+            raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.scheme == "quantface" and self.observer != "minmax":
+            raise ConfigError("scheme 'quantface' uses the paper's running min/max ranges: use observer 'minmax'")
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    def bits_for(self, name: str) -> tuple[int, int, bool]:
+        """(weight_bits, act_bits, enabled) for the layer ``name``; the last matching override wins."""
+        weight_bits, act_bits, enabled = self.weight_bits, self.act_bits, True
+        for override in self.overrides:
+            if override.matches(name):
+                weight_bits = override.weight_bits or weight_bits
+                act_bits = override.act_bits or act_bits
+                enabled = override.enabled
+        return weight_bits, act_bits, enabled
+
+    def check_patterns(self, layer_names: Iterable[str]) -> None:
+        """Fail when an override matches no quantizable layer (a typo would silently do nothing)."""
+        names = list(layer_names)
+        for override in self.overrides:
+            if not any(override.matches(n) for n in names):
+                close = difflib.get_close_matches(override.pattern, names, n=3)
+                hint = f"; close names: {', '.join(close)}" if close else f"; e.g. {', '.join(names[:3])}"
+                raise ConfigError(f"layer pattern {override.pattern!r} matches no quantizable layer{hint}")
+
+    def with_overrides(self, *overrides: LayerOverride) -> "QuantConfig":
+        return replace(self, overrides=self.overrides + tuple(overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["overrides"] = [asdict(o) for o in self.overrides]
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "QuantConfig":
+        data = dict(data)
+        preset = data.pop("preset", None)
+        _unknown_keys(data, [f.name for f in fields(cls)], "quantization config")
+        base = PRESETS[_preset_name(preset)] if preset else {}
+        overrides = tuple(o if isinstance(o, LayerOverride) else LayerOverride.from_dict(o) for o in data.pop("overrides", ()))
+        return cls(**{**base, **data, "overrides": overrides})
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _preset_name(name: str) -> str:
+    key = name.lower()
+    if key not in PRESETS:
+        close = difflib.get_close_matches(key, list(PRESETS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown preset {name!r}{hint} (presets: {', '.join(PRESETS)})")
+    return key
+
+
+def preset(name: str, **changes: Any) -> QuantConfig:
+    """A preset (``w8a8``, ``w6a6``, ``w4a8``, ``w4a4``) with optional field changes."""
+    return QuantConfig.from_dict({"preset": name, **changes})
+
+
+def resolve_config(config: "QuantConfig | str | Mapping[str, Any]") -> QuantConfig:
+    """Accept a QuantConfig, a preset name or a dict (which may name a ``preset``)."""
+    if isinstance(config, QuantConfig):
+        return config
+    if isinstance(config, str):
+        return preset(config)
+    if isinstance(config, Mapping):
+        return QuantConfig.from_dict(config)
+    raise ConfigError(f"expected a QuantConfig, preset name or dict, got {type(config).__name__}")

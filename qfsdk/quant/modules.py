@@ -1,0 +1,197 @@
+"""Quantized drop-in modules and the per-scheme registry that swaps them in.
+
+Float modules are converted in place (their class is swapped, parameters keep their names),
+so checkpoint keys stay those of the float model plus the quantizers' range buffers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qfsdk.models.dlib_resnet import PaddedAdd
+from qfsdk.models.layers import ResidualAdd
+
+from .fake_quant import (
+    fake_quant_asymmetric,
+    fake_quant_symmetric,
+    per_channel_amax,
+    per_channel_min_max,
+    symmetric_scale,
+)
+
+
+class ActQuantizer(nn.Module):
+    """Per-tensor activation fake-quantizer with a stored range.
+
+    States: observing (calibration: pass-through, the observer sees the float values),
+    tracking (QAT warm-up: running global min/max grows with every batch), or fixed.
+    Until it has a range it passes values through unchanged.
+    """
+
+    def __init__(self, bits: int, symmetric: bool):
+        super().__init__()
+        self.bits = bits
+        self.symmetric = symmetric
+        self.register_buffer("x_min", torch.zeros(()))
+        self.register_buffer("x_max", torch.zeros(()))
+        self.register_buffer("has_range", torch.zeros((), dtype=torch.bool))
+        self.observer = None
+        self.tracking = False
+
+    @property
+    def amax(self) -> torch.Tensor:
+        return torch.maximum(self.x_min.abs(), self.x_max.abs())
+
+    def scale(self) -> torch.Tensor:
+        """The symmetric step size (QuantizeLinear's y_scale)."""
+        return symmetric_scale(self.amax, self.bits, narrow=False)
+
+    def set_range(self, x_min: float, x_max: float) -> None:
+        self.x_min.fill_(min(x_min, 0.0))
+        self.x_max.fill_(max(x_max, 0.0))
+        self.has_range.fill_(True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+            return x
+        if self.tracking:
+            detached = x.detach()
+            self.x_min.copy_(torch.minimum(self.x_min, detached.min()))
+            self.x_max.copy_(torch.maximum(self.x_max, detached.max()))
+            self.has_range.fill_(True)
+        if not bool(self.has_range):
+            return x
+        if self.symmetric:
+            return fake_quant_symmetric(x, self.scale(), self.bits, narrow=False)
+        return fake_quant_asymmetric(x, self.x_min, self.x_max, self.bits)
+
+    def extra_repr(self) -> str:
+        kind = "symmetric" if self.symmetric else "asymmetric"
+        return f"bits={self.bits}, {kind}, range=[{float(self.x_min):.4g}, {float(self.x_max):.4g}]"
+
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel weight fake-quantizer on the live weights (no stored range)."""
+
+    def __init__(self, bits: int, symmetric: bool):
+        super().__init__()
+        self.bits = bits
+        self.symmetric = symmetric
+
+    def scale(self, weight: torch.Tensor) -> torch.Tensor:
+        return symmetric_scale(per_channel_amax(weight), self.bits, narrow=True)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.symmetric:
+            return fake_quant_symmetric(weight, self.scale(weight), self.bits, narrow=True)
+        w_min, w_max = per_channel_min_max(weight)
+        return fake_quant_asymmetric(weight, w_min, w_max, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per-channel, {'symmetric' if self.symmetric else 'asymmetric'}"
+
+
+class QuantModule:
+    """Mixin marking converted modules; ``setup`` adds the quantizers a scheme asks for."""
+
+    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+        raise NotImplementedError
+
+
+class QuantConv2d(nn.Conv2d, QuantModule):
+    """Conv2d with a quantized weight and (TensorRT scheme) a quantized input."""
+
+    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+        self.weight_quantizer = WeightQuantizer(weight_bits, symmetric)
+        self.input_quantizer = ActQuantizer(act_bits, symmetric) if symmetric else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
+
+
+class QuantLinear(nn.Linear, QuantModule):
+    """Linear with a quantized weight and (TensorRT scheme) a quantized input."""
+
+    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+        self.weight_quantizer = WeightQuantizer(weight_bits, symmetric)
+        self.input_quantizer = ActQuantizer(act_bits, symmetric) if symmetric else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+
+
+class _QuantAddMixin(QuantModule):
+    """TensorRT scheme: quantize the skip input (the add fuses into the conv). QuantFace: the output."""
+
+    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+        self.skip_quantizer = ActQuantizer(act_bits, True) if symmetric else None
+        self.output_quantizer = None if symmetric else ActQuantizer(act_bits, False)
+
+    def forward(self, main: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        if self.skip_quantizer is not None:
+            skip = self.skip_quantizer(skip)
+        out = super().forward(main, skip)
+        return out if self.output_quantizer is None else self.output_quantizer(out)
+
+
+class QuantResidualAdd(_QuantAddMixin, ResidualAdd):
+    """Quantized residual add."""
+
+
+class QuantPaddedAdd(_QuantAddMixin, PaddedAdd):
+    """Quantized zero-padding residual add (dlib)."""
+
+
+class QuantPReLU(nn.PReLU, QuantModule):
+    """QuantFace: the slope is quantized per tensor at the activation bit width, and so is the output."""
+
+    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+        self.slope_bits = act_bits
+        self.output_quantizer = ActQuantizer(act_bits, symmetric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slope = self.weight
+        slope = fake_quant_asymmetric(slope, slope.detach().min(), slope.detach().max(), self.slope_bits)
+        return self.output_quantizer(F.prelu(x, slope))
+
+
+class QuantReLU(nn.ReLU, QuantModule):
+    """QuantFace: ReLU followed by an activation quantizer (as the reference wraps ReLU)."""
+
+    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+        self.output_quantizer = ActQuantizer(act_bits, symmetric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_quantizer(super().forward(x))
+
+
+# Which float module types each placement scheme converts, and into what.
+SCHEME_RULES: dict[str, dict[type, type]] = {
+    "tensorrt": {
+        nn.Conv2d: QuantConv2d,
+        nn.Linear: QuantLinear,
+        ResidualAdd: QuantResidualAdd,
+        PaddedAdd: QuantPaddedAdd,
+    },
+    "quantface": {
+        nn.Conv2d: QuantConv2d,
+        nn.Linear: QuantLinear,
+        nn.PReLU: QuantPReLU,
+        nn.ReLU: QuantReLU,
+        ResidualAdd: QuantResidualAdd,
+        PaddedAdd: QuantPaddedAdd,
+    },
+}
+
+
+def convert(module: nn.Module, quant_cls: type, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+    """Swap ``module``'s class for ``quant_cls`` in place and add its quantizers."""
+    module.__class__ = quant_cls
+    module.setup(weight_bits=weight_bits, act_bits=act_bits, symmetric=symmetric)
