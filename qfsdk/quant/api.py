@@ -32,13 +32,8 @@ def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "
     are swapped for fake-quantized ones through the scheme's registry. The config is validated
     (presets, bits, layer patterns) before anything changes and is kept as ``model.quant_config``.
     """
-    config = resolve_config(config)
-    if any(isinstance(m, QuantModule) for m in model.modules()):
-        raise ConfigError("model is already quantized; quantize the float model")
+    config = check_config(model, config)
     layers = quantizable_layers(model, config.scheme)
-    if not layers:
-        raise ConfigError(f"model {type(model).__name__} has no layers that scheme {config.scheme!r} quantizes")
-    config.check_patterns(name for name, _ in layers)
     rules = SCHEME_RULES[config.scheme]
     symmetric = config.scheme == "tensorrt"
     for name, module in layers:
@@ -48,6 +43,18 @@ def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "
     model.quant_config = config
     log.info("quantized %d layers of %s (%s)", len(layers), type(model).__name__, config.to_json())
     return model
+
+
+def check_config(model: nn.Module, config: QuantConfig | str | Mapping[str, Any]) -> QuantConfig:
+    """Validate ``config`` against ``model`` without changing it (layer patterns must match)."""
+    config = resolve_config(config)
+    if any(isinstance(m, QuantModule) for m in model.modules()):
+        raise ConfigError("model is already quantized; quantize the float model")
+    layers = quantizable_layers(model, config.scheme)
+    if not layers:
+        raise ConfigError(f"model {type(model).__name__} has no layers that scheme {config.scheme!r} quantizes")
+    config.check_patterns(name for name, _ in layers)
+    return config
 
 
 def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:

@@ -1,0 +1,75 @@
+"""Option groups and helpers shared by the quantization commands."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from qfsdk.errors import ConfigError
+
+
+def model_options(fn: Callable) -> Callable:
+    """``--model`` and ``--weights``."""
+
+    @click.option("--model", "model_name", required=True, help="Zoo model name (see `qfsdk models`).")
+    @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="Float checkpoint (.pth/.safetensors); dlib_resnet defaults to its installed weights.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def quant_options(fn: Callable) -> Callable:
+    """``--bits``, ``--scheme``, ``--keep-8bit`` and ``--config``."""
+
+    @click.option("--bits", default="w8a8", show_default=True, help="Preset: w8a8, w6a6, w4a8 or w4a4.")
+    @click.option("--scheme", type=click.Choice(["tensorrt", "quantface"]), default="tensorrt", show_default=True,
+                  help="Quantizer placement: deployable symmetric (tensorrt) or the paper's asymmetric (quantface).")
+    @click.option("--keep-8bit", "keep_8bit", multiple=True, metavar="PATTERN",
+                  help="Layer name pattern kept at W8A8 (repeatable), e.g. 'conv1*' or 'fc'.")
+    @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="JSON quantization config (overrides --bits/--scheme).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, observer: str | None = None):
+    """The validated QuantConfig the options describe."""
+    from qfsdk.quant import LayerOverride, QuantConfig
+
+    if config_file is not None:
+        try:
+            data = json.loads(config_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{config_file}: not valid JSON ({exc})") from None
+        config = QuantConfig.from_dict(data)
+    else:
+        fields = {"preset": bits, "scheme": scheme}
+        if observer and scheme == "tensorrt":
+            fields["observer"] = observer.partition(":")[0]
+        config = QuantConfig.from_dict(fields)
+    return config.with_overrides(*(LayerOverride(p, 8, 8) for p in keep_8bit))
+
+
+def load_calibration_data(model, data_dir: Path | None, synthetic: bool, num_images: int, seed: int, batch_size: int):
+    """The calibration source the options describe, and a one-line description of it."""
+    from qfsdk.calib.folder import ImageFolderSource
+    from qfsdk.calib.synth import load_synthetic_dir, synthetic_source
+
+    if data_dir is not None:
+        if (data_dir / "manifest.json").is_file():
+            return load_synthetic_dir(data_dir, model.contract, batch_size), f"synthetic dataset {data_dir}"
+        return ImageFolderSource(data_dir, model.contract, batch_size=batch_size), f"image folder {data_dir}"
+    if synthetic:
+        source = synthetic_source(model, model.contract, num_images, method="auto", seed=seed, batch_size=batch_size)
+        return source, f"{num_images} synthetic images generated on the fly (seed {seed})"
+    raise click.UsageError("choose the calibration data: --synthetic or --data DIR")

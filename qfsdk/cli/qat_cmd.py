@@ -1,0 +1,66 @@
+"""``qfsdk qat``: quantization-aware training with distillation from the float model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import click
+
+from .common import build_config, load_calibration_data, model_options, quant_options
+
+
+def state_path_for(output: Path) -> Path:
+    """Where the resumable training state of ``output`` lives."""
+    return output.with_name(output.stem + ".qat-state.safetensors")
+
+
+@click.command()
+@model_options
+@quant_options
+@click.option("--data", "data", default="synthetic", show_default=True,
+              help="'synthetic' (generated from the model) or a folder of aligned face images / `qfsdk synth` dataset.")
+@click.option("--num-images", type=click.IntRange(1), default=256, show_default=True, help="Synthetic images to generate.")
+@click.option("--steps", type=click.IntRange(1), required=True, help="Training steps.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Batch size per process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: 0.1 x global batch / 512).")
+@click.option("--freeze-bn", is_flag=True, help="Keep the student's BatchNorm on running statistics.")
+@click.option("--range-warmup", type=click.IntRange(0),
+              help="Steps of running min/max range updates (QuantFace: 299) instead of PTQ-calibrated ranges.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT's .qat-state.safetensors.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Quantized checkpoint to write (.safetensors).")
+def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, steps, batch_size, lr, freeze_bn,
+        range_warmup, checkpoint_every, seed, resume, output) -> None:
+    """Distil the float MODEL into its quantized copy on synthetic (or your own) images."""
+    import torch
+
+    import qfsdk
+    from qfsdk.models import create
+    from qfsdk.quant.api import check_config
+    from qfsdk.quant.qat import QATSettings, train_qat
+
+    config = build_config(bits, scheme, keep_8bit, config_file)
+    settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, range_warmup_steps=range_warmup,
+                           checkpoint_every=checkpoint_every, seed=seed)
+    data_dir = None if data == "synthetic" else Path(data)
+    if data_dir is not None and not data_dir.is_dir():
+        raise click.BadParameter(f"{data_dir} is not a folder", param_hint="--data")
+    teacher = create(model_name, weights=weights)
+    check_config(teacher, config)
+
+    source, description = load_calibration_data(teacher, data_dir, data_dir is None, num_images, seed, batch_size)
+    images = torch.cat([batch for batch in source])
+    student = qfsdk.quantize(copy.deepcopy(teacher), config)
+    if not resume and range_warmup is None:
+        qfsdk.calibrate(student, images, method=config.observer, batch_size=batch_size)
+    run = train_qat(student, teacher, images, settings, state_path_for(output), resume=resume)
+    if run.rank == 0:
+        extra = {"data": description, "qat": {"steps": run.step, "final": run.history[-1] if run.history else None}}
+        qfsdk.save_quantized(run.student, output, extra=extra)
+        last = run.history[-1]
+        click.echo(f"QAT {model_name} {config.weight_bits}/{config.act_bits}-bit on {description}: "
+                   f"step {run.step}, loss {last['loss']:.3e}, cosine {last['cosine']:.5f}")
+        click.echo(f"wrote {output} (resumable state: {state_path_for(output)})")

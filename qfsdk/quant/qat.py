@@ -1,0 +1,234 @@
+"""Quantization-aware training with knowledge distillation (the QuantFace recipe).
+
+Teacher: the full-precision model, frozen, eval mode. Student: its quantized copy in train
+mode (BatchNorm uses batch statistics). Loss: MSE between L2-normalised embeddings; no labels.
+SGD with Nesterov momentum 0.9, weight decay 5e-4, lr 0.1 at global batch 512 scaled linearly,
+gradient-norm clip 5, lr x0.1 for the last 1/11 of the steps (the paper's last epoch),
+horizontal flips. ``freeze_bn`` keeps the student's BatchNorm on its running statistics
+(useful for small CPU batches). Every random choice is a function of (seed, step), so a resumed run repeats
+the uninterrupted one exactly on CPU. Runs unchanged under ``torchrun`` (DDP: gloo on CPU,
+nccl on GPU); rank 0 writes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from qfsdk.errors import CheckpointError, ConfigError
+from qfsdk.runtime.files import atomic_output
+
+from .api import act_quantizers, quant_config_of, set_range_tracking
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "qfsdk.qat-state/1"
+REFERENCE_BATCH, REFERENCE_LR = 512, 0.1
+
+
+@dataclass(frozen=True)
+class QATSettings:
+    """Training hyper-parameters; defaults are the paper's."""
+
+    steps: int
+    batch_size: int = 32
+    lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    grad_clip: float = 5.0
+    range_warmup_steps: int | None = None
+    lr_drop_fraction: float = 1 / 11
+    flip: bool = True
+    freeze_bn: bool = False
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
+            raise ConfigError("steps, batch_size and checkpoint_every must be positive")
+        if self.lr is not None and self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+    def learning_rate(self, world_size: int) -> float:
+        """The paper's lr scaled linearly with the global batch, unless set explicitly."""
+        return self.lr if self.lr is not None else REFERENCE_LR * self.batch_size * world_size / REFERENCE_BATCH
+
+    def lr_at(self, step: int, base_lr: float) -> float:
+        drop_at = int(round(self.steps * (1 - self.lr_drop_fraction)))
+        return base_lr * (0.1 if step >= drop_at else 1.0)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MSE between L2-normalised embeddings, mean cosine) — QuantFace's KD loss."""
+    s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+    return F.mse_loss(s, t), (s * t).sum(1).mean().detach()
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def batch_plan(step: int, global_batch: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image indices, flip mask) of the global batch at ``step``: a pure function of its arguments."""
+    positions = range(step * global_batch, (step + 1) * global_batch)
+    indices = torch.stack([_epoch_order(n, seed, p // n)[p % n] for p in positions])
+    flips = torch.rand(global_batch, generator=torch.Generator().manual_seed(seed * 7_919 + step)) < 0.5
+    return indices, flips
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), joining the process group torchrun describes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class QATRun:
+    """One distillation run: student, teacher, images, optimiser and its resumable state."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor, settings: QATSettings, state_path: Path):
+        quant_config_of(student)
+        if images.ndim != 4 or len(images) == 0:
+            raise ConfigError(f"QAT needs preprocessed images shaped (N, 3, H, W), got {tuple(images.shape)}")
+        self.rank, self.world = _distributed()
+        self.student, self.teacher, self.images = student, teacher.eval(), images
+        self.settings, self.state_path = settings, Path(state_path)
+        calibrated = all(bool(q.has_range) for _, q in act_quantizers(student))
+        self.range_warmup = settings.range_warmup_steps if settings.range_warmup_steps is not None else (0 if calibrated else 299)
+        self.base_lr = settings.learning_rate(self.world)
+        self.params = [p for p in student.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(
+            self.params, lr=self.base_lr, momentum=settings.momentum, nesterov=settings.nesterov, weight_decay=settings.weight_decay
+        )
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self.model = student
+        if self.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(student)
+
+    # -- state ---------------------------------------------------------------------------
+    def save_state(self) -> None:
+        """Atomically write student, optimiser buffers and progress (rank 0 only)."""
+        if self.rank != 0:
+            return
+        from safetensors.torch import save_file
+
+        tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in self.student.state_dict().items()}
+        for index, param in enumerate(self.params):
+            buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
+            if buffer is not None:
+                tensors[f"optim.{index}.momentum_buffer"] = buffer.contiguous().clone()
+        metadata = {
+            "format": STATE_FORMAT,
+            "step": str(self.step),
+            "settings": json.dumps(asdict(self.settings)),
+            "world_size": str(self.world),
+            "history": json.dumps(self.history),
+        }
+        with atomic_output(self.state_path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    def load_state(self) -> None:
+        """Continue from ``state_path``; the settings must be those of the saved run."""
+        from safetensors import safe_open
+
+        path = self.state_path
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no QAT state to resume from; run without --resume first")
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        if metadata.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{path}: not a qfsdk QAT state file")
+        saved = json.loads(metadata["settings"])
+        current = asdict(self.settings)
+        changed = sorted(k for k in current if k != "steps" and saved.get(k) != current[k])
+        if changed:
+            raise ConfigError(f"{path}: was trained with different settings ({', '.join(changed)}); resume with the same ones")
+        self.student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        for index, param in enumerate(self.params):
+            buffer = tensors.get(f"optim.{index}.momentum_buffer")
+            if buffer is not None:
+                self.optimizer.state[param]["momentum_buffer"] = buffer.clone()
+        self.step = int(metadata["step"])
+        self.history = json.loads(metadata["history"])
+        log.info("resumed QAT from %s at step %d", path, self.step)
+
+    # -- training ------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        settings = self.settings
+        global_batch = settings.batch_size * self.world
+        indices, flips = batch_plan(self.step, global_batch, len(self.images), settings.seed)
+        mine = slice(self.rank * settings.batch_size, (self.rank + 1) * settings.batch_size)
+        batch = self.images[indices[mine]].clone()
+        if settings.flip:
+            batch[flips[mine]] = batch[flips[mine]].flip(-1)
+        with torch.no_grad():
+            target = self.teacher(batch)
+        set_range_tracking(self.student, self.step < self.range_warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.lr_at(self.step, self.base_lr)
+        self.student.train()
+        if settings.freeze_bn:
+            for module in self.student.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        loss, cosine = distillation_loss(self.model(batch), target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        record = {"step": self.step, "loss": float(loss.detach()), "cosine": float(cosine)}
+        self.history.append(record)
+        return record
+
+    def run(self, progress: bool = True, on_step: Callable[[dict], None] | None = None) -> nn.Module:
+        """Train up to ``settings.steps``, checkpointing every ``checkpoint_every`` steps."""
+        settings = self.settings
+        bar = tqdm(total=settings.steps, initial=self.step, desc="qat", disable=not progress or self.rank != 0)
+        while self.step < settings.steps:
+            record = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.2e}", cos=f"{record['cosine']:.4f}")
+            if on_step is not None:
+                on_step(record)
+            if self.step % settings.checkpoint_every == 0 or self.step == settings.steps:
+                self.save_state()
+                if self.world > 1:
+                    dist.barrier()
+        bar.close()
+        set_range_tracking(self.student, False)
+        return self.student.eval()
+
+
+def train_qat(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: torch.Tensor,
+    settings: QATSettings,
+    state_path: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> QATRun:
+    """Distil ``teacher`` into the quantized ``student``; returns the finished run."""
+    run = QATRun(student, teacher, images, settings, Path(state_path))
+    if resume:
+        run.load_state()
+    run.run(progress=progress)
+    return run
