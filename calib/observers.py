@@ -11,7 +11,6 @@ import math
 import torch
 
 from qfsdk.errors import ConfigError
-from qfsdk.quant.fake_quant import signed_range
 
 HISTOGRAM_BINS = 2048
 MSE_CANDIDATES = 128
@@ -95,7 +94,7 @@ class MSEObserver(HistogramObserver):
         if float(self.hist.sum()) == 0 or self.edge == 0:
             return super().amax()
         centers, counts = self.bin_centers(), self.hist
-        _, qmax = signed_range(self.bits, narrow=False)
+        qmax = 2 ** (self.bits - 1) - 1  # symmetric activations: full signed range
         candidates = torch.linspace(self.edge / MSE_CANDIDATES, self.edge, MSE_CANDIDATES, dtype=torch.float64)
         scale = (candidates / qmax)[:, None]
         dequant = torch.clamp(torch.round(centers[None] / scale), max=qmax) * scale

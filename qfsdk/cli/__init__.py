@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "models": "qfsdk.cli.models_cmd:models",
     "doctor": "qfsdk.cli.doctor_cmd:doctor",
     "demo": "qfsdk.cli.demo_cmd:demo",
+    "synth": "qfsdk.cli.synth_cmd:synth",
     "calibrate": "qfsdk.cli.calibrate_cmd:calibrate",
     "qat": "qfsdk.cli.qat_cmd:qat",
 }

@@ -35,6 +35,7 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
     make_observer(method, 8)  # validates the method name before any work
     get_spec(model_name)
+    torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     model = create(model_name, weights=weights)
     check_config(model, config)
     data, description = load_calibration_data(model, data_dir, synthetic, num_images, seed, batch_size)

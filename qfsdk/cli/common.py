@@ -63,13 +63,16 @@ def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file
 def load_calibration_data(model, data_dir: Path | None, synthetic: bool, num_images: int, seed: int, batch_size: int):
     """The calibration source the options describe, and a one-line description of it."""
     from qfsdk.calib.folder import ImageFolderSource
-    from qfsdk.calib.synth import load_synthetic_dir, synthetic_source
 
     if data_dir is not None:
         if (data_dir / "manifest.json").is_file():
+            from qfsdk.calib.synth import load_synthetic_dir
+
             return load_synthetic_dir(data_dir, model.contract, batch_size), f"synthetic dataset {data_dir}"
         return ImageFolderSource(data_dir, model.contract, batch_size=batch_size), f"image folder {data_dir}"
     if synthetic:
+        from qfsdk.calib.synth import synthetic_source
+
         source = synthetic_source(model, model.contract, num_images, method="auto", seed=seed, batch_size=batch_size)
         return source, f"{num_images} synthetic images generated on the fly (seed {seed})"
     raise click.UsageError("choose the calibration data: --synthetic or --data DIR")

@@ -48,6 +48,7 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     data_dir = None if data == "synthetic" else Path(data)
     if data_dir is not None and not data_dir.is_dir():
         raise click.BadParameter(f"{data_dir} is not a folder", param_hint="--data")
+    torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     teacher = create(model_name, weights=weights)
     check_config(teacher, config)
 

@@ -138,6 +138,7 @@ class QATRun:
             "step": str(self.step),
             "settings": json.dumps(asdict(self.settings)),
             "world_size": str(self.world),
+            "range_warmup": str(self.range_warmup),
             "history": json.dumps(self.history),
         }
         with atomic_output(self.state_path) as tmp:
@@ -166,6 +167,7 @@ class QATRun:
             if buffer is not None:
                 self.optimizer.state[param]["momentum_buffer"] = buffer.clone()
         self.step = int(metadata["step"])
+        self.range_warmup = int(metadata["range_warmup"])
         self.history = json.loads(metadata["history"])
         log.info("resumed QAT from %s at step %d", path, self.step)
 

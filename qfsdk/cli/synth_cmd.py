@@ -1,0 +1,31 @@
+"""``qfsdk synth``: write a synthetic face dataset inverted from a model (no real data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--model", "model_name", required=True, help="Zoo model to invert (see `qfsdk models`).")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Weights file; default: the model's packaged weights, else a seeded random init.")
+@click.option("-n", "count", type=click.IntRange(min=1), required=True, help="Number of images.")
+@click.option("--method", default="auto", show_default=True,
+              help="auto, bn-inversion, affine-inversion or embedding-inversion.")
+@click.option("--iterations", type=click.IntRange(min=1), help="Optimisation steps per batch (more: better, slower).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images optimised together (statistics are matched per batch).")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset folder (PNG images + manifest.json); rerun to resume an interrupted run.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+def synth(model_name: str, weights: Path | None, count: int, method: str, iterations: int | None, seed: int,
+          batch_size: int, out_dir: Path, progress: bool) -> None:  # fmt: skip
+    """Synthesise face images from a model itself, for calibration and distillation."""
+    from qfsdk.calib.synth import MANIFEST, synthesize
+
+    directory = synthesize(model_name, out_dir, count, method=method, seed=seed, weights=weights,
+                           batch_size=batch_size, iterations=iterations, progress=progress)  # fmt: skip
+    click.echo(f"{count} images in {directory} (settings in {directory / MANIFEST})")
