@@ -111,3 +111,24 @@ def test_qat_runs_under_torchrun_with_two_cpu_processes(tmp_path, face_folder):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "step 3" in result.stdout
     assert qfsdk.load(out).quant_config.act_bits == 4
+
+
+def test_calibrate_synthetic_needs_no_real_data(tmp_path):
+    out = tmp_path / "mfn.safetensors"
+    result = run_cli("calibrate", "--synthetic", "--model", "mobilefacenet", "--num-images", "4", "--iterations", "2",
+                     "--batch-size", "4", "--bits", "w6a6", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "synthetic images generated on the fly" in result.output
+    assert qfsdk.load(out).calibration["images"] == 4
+
+
+def test_qat_on_synthetic_data_keeps_the_dataset_for_resume(tmp_path):
+    out = tmp_path / "mfn.safetensors"
+    args = ["qat", "--model", "mobilefacenet", "--data", "synthetic", "--num-images", "4", "--iterations", "2",
+            "--batch-size", "2", "--freeze-bn", "--bits", "w4a4", "--steps", "2", "-o", out]
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mfn.synth" / "manifest.json").is_file()
+    resumed = run_cli(*args[:-4], "--steps", "3", "-o", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "step 3" in resumed.output

@@ -17,12 +17,13 @@ from .common import build_config, load_calibration_data, model_options, quant_op
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of aligned face images, or a dataset written by `qfsdk synth`.")
 @click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
+@click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
 @click.option("--method", default="minmax", show_default=True, help="Range observer: minmax, percentile[:P] or mse.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
-def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthetic, data_dir, num_images, method,
+def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthetic, data_dir, num_images, iterations, method,
               batch_size, seed, output) -> None:
     """Quantize MODEL and calibrate its activation ranges (PTQ), without real face data."""
     import torch
@@ -38,7 +39,7 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     model = create(model_name, weights=weights)
     check_config(model, config)
-    data, description = load_calibration_data(model, data_dir, synthetic, num_images, seed, batch_size)
+    data, description = load_calibration_data(model, data_dir, synthetic, num_images, seed, batch_size, iterations)
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data, method=method, progress=True)
 
     with torch.no_grad():

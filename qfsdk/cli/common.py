@@ -60,7 +60,8 @@ def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file
     return config.with_overrides(*(LayerOverride(p, 8, 8) for p in keep_8bit))
 
 
-def load_calibration_data(model, data_dir: Path | None, synthetic: bool, num_images: int, seed: int, batch_size: int):
+def load_calibration_data(model, data_dir: Path | None, synthetic: bool, num_images: int, seed: int, batch_size: int,
+                          iterations: int | None = None):
     """The calibration source the options describe, and a one-line description of it."""
     from qfsdk.calib.folder import ImageFolderSource
 
@@ -73,6 +74,7 @@ def load_calibration_data(model, data_dir: Path | None, synthetic: bool, num_ima
     if synthetic:
         from qfsdk.calib.synth import synthetic_source
 
-        source = synthetic_source(model, model.contract, num_images, method="auto", seed=seed, batch_size=batch_size)
+        source = synthetic_source(model, model.contract, num_images, method="auto", seed=seed, batch_size=batch_size,
+                                  iterations=iterations, progress=True)
         return source, f"{num_images} synthetic images generated on the fly (seed {seed})"
     raise click.UsageError("choose the calibration data: --synthetic or --data DIR")

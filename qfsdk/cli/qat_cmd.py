@@ -15,12 +15,41 @@ def state_path_for(output: Path) -> Path:
     return output.with_name(output.stem + ".qat-state.safetensors")
 
 
+def synthetic_dir_for(output: Path) -> Path:
+    """Where ``--data synthetic`` keeps its generated dataset (reused by ``--resume``)."""
+    return output.with_name(output.stem + ".synth")
+
+
+def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | None, num_images: int, seed: int,
+                     iterations: int | None) -> Path:
+    """The training image folder; ``synthetic`` is generated once, by rank 0, and resumes if interrupted."""
+    import torch.distributed as dist
+
+    from qfsdk.calib.synth import synthesize
+    from qfsdk.quant.qat import distributed_context
+
+    if data != "synthetic":
+        folder = Path(data)
+        if not folder.is_dir():
+            raise click.BadParameter(f"{folder} is not a folder", param_hint="--data")
+        return folder
+    folder = synthetic_dir_for(output)
+    rank, world = distributed_context()
+    if rank == 0:
+        synthesize(model_name, folder, num_images, seed=seed, weights=weights, iterations=iterations)
+    if world > 1:
+        dist.barrier()
+    return folder
+
+
 @click.command()
 @model_options
 @quant_options
 @click.option("--data", "data", default="synthetic", show_default=True,
-              help="'synthetic' (generated from the model) or a folder of aligned face images / `qfsdk synth` dataset.")
-@click.option("--num-images", type=click.IntRange(1), default=256, show_default=True, help="Synthetic images to generate.")
+              help="'synthetic' (generated from the model, kept in OUTPUT's .synth folder) or a folder of aligned "
+                   "face images / `qfsdk synth` dataset.")
+@click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
+@click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
 @click.option("--steps", type=click.IntRange(1), required=True, help="Training steps.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: 0.1 x global batch / 512).")
@@ -32,7 +61,7 @@ def state_path_for(output: Path) -> Path:
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT's .qat-state.safetensors.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
-def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, steps, batch_size, lr, freeze_bn,
+def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn,
         range_warmup, checkpoint_every, seed, resume, output) -> None:
     """Distil the float MODEL into its quantized copy on synthetic (or your own) images."""
     import torch
@@ -45,14 +74,12 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     config = build_config(bits, scheme, keep_8bit, config_file)
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, range_warmup_steps=range_warmup,
                            checkpoint_every=checkpoint_every, seed=seed)
-    data_dir = None if data == "synthetic" else Path(data)
-    if data_dir is not None and not data_dir.is_dir():
-        raise click.BadParameter(f"{data_dir} is not a folder", param_hint="--data")
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     teacher = create(model_name, weights=weights)
     check_config(teacher, config)
 
-    source, description = load_calibration_data(teacher, data_dir, data_dir is None, num_images, seed, batch_size)
+    folder = prepare_data_dir(data, output, model_name, weights, num_images, seed, iterations)
+    source, description = load_calibration_data(teacher, folder, False, num_images, seed, batch_size)
     images = torch.cat([batch for batch in source])
     student = qfsdk.quantize(copy.deepcopy(teacher), config)
     if not resume and range_warmup is None:

@@ -71,7 +71,6 @@ def quant_config_of(model: nn.Module) -> QuantConfig:
     return config
 
 
-@torch.no_grad()
 def calibrate(
     model: nn.Module,
     data: object,
@@ -96,8 +95,10 @@ def calibrate(
     model.eval()
     images = 0
     try:
+        # The source may synthesise its images lazily (which needs gradients): only the forward is no_grad.
         for batch in tqdm(batches, desc=f"calibrate ({method})", disable=not progress, total=len(batches)):
-            model(batch)
+            with torch.no_grad():
+                model(batch)
             images += len(batch)
     finally:
         for _, quantizer in quantizers:

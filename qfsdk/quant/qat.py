@@ -88,7 +88,7 @@ def batch_plan(step: int, global_batch: int, n: int, seed: int) -> tuple[torch.T
     return indices, flips
 
 
-def _distributed() -> tuple[int, int]:
+def distributed_context() -> tuple[int, int]:
     """(rank, world size), joining the process group torchrun describes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -105,7 +105,7 @@ class QATRun:
         quant_config_of(student)
         if images.ndim != 4 or len(images) == 0:
             raise ConfigError(f"QAT needs preprocessed images shaped (N, 3, H, W), got {tuple(images.shape)}")
-        self.rank, self.world = _distributed()
+        self.rank, self.world = distributed_context()
         self.student, self.teacher, self.images = student, teacher.eval(), images
         self.settings, self.state_path = settings, Path(state_path)
         calibrated = all(bool(q.has_range) for _, q in act_quantizers(student))

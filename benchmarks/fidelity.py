@@ -1,0 +1,170 @@
+"""Fidelity of quantized dlib_resnet calibrated and trained only on synthetic data.
+
+Held-out data: real face chips from registry packages (tests/face_photos.py), never used for
+calibration or training. Prints one JSON document; `--out FILE` also writes it.
+
+    python benchmarks/fidelity.py                 # full run (~35 min on 2 CPU cores)
+    python benchmarks/fidelity.py --qat-minutes 1 --mfn-steps 20 --num-synthetic 16   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import qfsdk  # noqa: E402
+from qfsdk.calib.synth import synthetic_source  # noqa: E402
+from qfsdk.models import create  # noqa: E402
+from qfsdk.quant.qat import QATSettings, QATRun  # noqa: E402
+
+PRESETS = ("w8a8", "w6a6", "w4a8", "w4a4")
+METHODS = ("minmax", "percentile", "mse")
+TARGETS = {"w8a8_ptq_min_cosine": 0.999, "w6a6_qat_min_cosine": 0.99}
+
+
+def embed(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(images)
+
+
+def fidelity(quantized: torch.Tensor, reference: torch.Tensor, threshold: float) -> dict:
+    """Per-image cosine and same/different-person decision flips over all pairs."""
+    cosine = torch.nn.functional.cosine_similarity(quantized, reference)
+    flips = 0
+    pairs = list(itertools.combinations(range(len(reference)), 2))
+    for i, j in pairs:
+        same_float = torch.dist(reference[i], reference[j]) < threshold
+        same_quant = torch.dist(quantized[i], quantized[j]) < threshold
+        flips += int(same_float != same_quant)
+    return {
+        "min_cosine": round(float(cosine.min()), 6),
+        "mean_cosine": round(float(cosine.mean()), 6),
+        "per_image_cosine": [round(float(c), 6) for c in cosine],
+        "decision_flips": flips,
+        "pairs": len(pairs),
+    }
+
+
+def qat_for(minutes: float, student, teacher, images, batch_size: int, state: Path, **settings) -> dict:
+    """QAT for a wall-clock budget; returns steps done and the loss curve."""
+    run = QATRun(student, teacher, images, QATSettings(steps=10**6, batch_size=batch_size, checkpoint_every=10**6, **settings), state)
+    deadline = time.time() + minutes * 60
+    while time.time() < deadline:
+        run.train_step()
+    run.student.eval()
+    return {"steps": run.step, "minutes": minutes, "final_cosine_on_train": run.history[-1]["cosine"] if run.history else None}
+
+
+def smoothed(values: list[float], window: int) -> list[float]:
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid").tolist()
+
+
+def dlib_section(args) -> dict:
+    teacher = create("dlib_resnet")
+    contract = teacher.contract
+    from face_photos import face_chips
+
+    chips = torch.from_numpy(contract.preprocess(np.stack(face_chips())))
+    reference = embed(teacher, chips)
+    start = time.time()
+    synthetic = torch.cat(list(synthetic_source(teacher, contract, args.num_synthetic, seed=args.seed)))
+    result: dict = {
+        "model": "dlib_resnet",
+        "held_out_real_chips": len(chips),
+        "synthetic_images": len(synthetic),
+        "synthesis_seconds": round(time.time() - start, 1),
+        "ptq": {},
+        "qat": {},
+    }
+    best_method = {}
+    for preset in PRESETS:
+        result["ptq"][preset] = {}
+        for method in METHODS:
+            model = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(teacher), preset), synthetic, method=method)
+            result["ptq"][preset][method] = fidelity(embed(model, chips), reference, contract.threshold)
+        best_method[preset] = max(METHODS, key=lambda m: result["ptq"][preset][m]["min_cosine"])
+    for preset, minutes in (("w6a6", args.qat_minutes), ("w4a8", args.qat_minutes_low), ("w4a4", args.qat_minutes_low)):
+        if minutes <= 0:
+            continue
+        student = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(teacher), preset), synthetic, method=best_method[preset])
+        info = qat_for(minutes, student, teacher, synthetic, args.batch_size, args.state_dir / f"dlib_{preset}.safetensors", seed=args.seed)
+        result["qat"][preset] = {"init": best_method[preset], **info, **fidelity(embed(student, chips), reference, contract.threshold)}
+    result["targets"] = {
+        "w8a8_ptq_min_cosine": max(v["min_cosine"] for v in result["ptq"]["w8a8"].values()),
+        "w6a6_qat_min_cosine": result["qat"].get("w6a6", {}).get("min_cosine"),
+        "w8a8_decision_flips": min(v["decision_flips"] for v in result["ptq"]["w8a8"].values()),
+        "w6a6_qat_decision_flips": result["qat"].get("w6a6", {}).get("decision_flips"),
+    }
+    return result
+
+
+def mobilefacenet_section(args) -> dict:
+    """W4A4 QAT KD-loss curve on a random-weight MobileFaceNet (no pretrained weights ship)."""
+    torch.manual_seed(args.seed)
+    teacher = create("mobilefacenet")
+    synthetic = torch.cat(list(synthetic_source(teacher, teacher.contract, args.num_synthetic, seed=args.seed)))
+    # Random BatchNorm statistics are meaningless: re-estimate them on the synthetic images.
+    with torch.no_grad():
+        teacher.train()
+        for module in teacher.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+                module.momentum = None
+        teacher(synthetic)
+        teacher.eval()
+    student = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(teacher), "w4a4"), synthetic)
+    run = QATRun(student, teacher, synthetic, QATSettings(steps=args.mfn_steps, batch_size=args.batch_size, freeze_bn=True,
+                                                          checkpoint_every=10**6, seed=args.seed), args.state_dir / "mfn.safetensors")
+    start = time.time()
+    run.run(progress=False)
+    losses = [h["loss"] for h in run.history]
+    curve = smoothed(losses, max(1, len(losses) // 10))
+    return {
+        "model": "mobilefacenet (random weights, BN re-estimated on synthetic data)",
+        "preset": "w4a4",
+        "steps": run.step,
+        "seconds_per_step": round((time.time() - start) / max(1, run.step), 3),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "smoothed_loss_every_10pct": [round(v, 8) for v in curve[:: max(1, len(curve) // 10)]],
+        "smoothed_monotonic": all(b <= a for a, b in zip(curve, curve[1:])),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-synthetic", type=int, default=64)
+    parser.add_argument("--qat-minutes", type=float, default=20.0, help="W6A6 QAT budget for dlib_resnet")
+    parser.add_argument("--qat-minutes-low", type=float, default=3.0, help="W4A8 and W4A4 QAT budget each")
+    parser.add_argument("--mfn-steps", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--state-dir", type=Path, default=Path(".cache/bench-state"))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "fidelity",
+        "torch_threads": torch.get_num_threads(),
+        "dlib_resnet": dlib_section(args),
+        "mobilefacenet_kd": mobilefacenet_section(args),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
