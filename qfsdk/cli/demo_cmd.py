@@ -13,8 +13,11 @@ import click
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of aligned face crops to embed instead of generated test patterns.")
 @click.option("--repeats", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed runs per measurement.")
-def demo(out_dir: Path, images: Path | None, repeats: int) -> None:
-    """Pretrained dlib ResNet -> ONNX -> ONNX Runtime on CPU, with parity and speed."""
+@click.option("--num-images", type=click.IntRange(1), default=32, show_default=True,
+              help="Synthetic calibration images for the W8A8 step.")
+@click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps (default: the method's).")
+def demo(out_dir: Path, images: Path | None, repeats: int, num_images: int, iterations: int | None) -> None:
+    """Pretrained dlib ResNet -> ONNX Runtime on CPU -> W8A8 from synthetic data, with parity and speed."""
     from qfsdk.demo import run_demo
 
-    run_demo(out_dir, images=images, repeats=repeats, echo=click.echo)
+    run_demo(out_dir, images=images, repeats=repeats, num_synthetic=num_images, iterations=iterations, echo=click.echo)

@@ -1,0 +1,246 @@
+"""Data-free face synthesis from the full-precision model itself (no data, no generator).
+
+Random images are optimised (Adam, in 0..1 pixel space, clamped) so that the model's internal
+statistics look like those of its training data, with image priors (total variation, l2),
+random flips and jitter, and a diversity term (mean pairwise cosine of the batch's embeddings):
+
+* ``bn-inversion`` (ZeroQ / DeepInversion family): the batch mean and std at every BatchNorm
+  input match the layer's running statistics.
+* ``affine-inversion``: for BatchNorm folded into per-channel affine layers (dlib's ``Affine``),
+  which keep no statistics. It assumes the folded BatchNorm had unit scale and zero shift, i.e.
+  every affine output is ~N(0, 1) per channel. Measured on real face chips with dlib_resnet,
+  the affine outputs' channel means are 0 +- 0.3 and stds 1 +- 0.2 (benchmarks/synth.py).
+* ``embedding-inversion``: for any model: each image is pulled towards its own random unit
+  target embedding (targets are diverse by construction).
+
+``auto`` picks the first of these the model supports, in that order. benchmarks/synth.py
+measures the choice: W8A8 error when calibrated on synthetic images vs on real faces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qfsdk.calib.data import batch_seed, pixels_to_input
+from qfsdk.errors import ConfigError
+from qfsdk.models.dlib_resnet import Affine
+from qfsdk.runtime.contract import FaceContract
+
+METHODS = ("bn-inversion", "affine-inversion", "embedding-inversion")
+AUTO = "auto"
+FOLDED_BN_TYPES: tuple[type[nn.Module], ...] = (Affine,)
+EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """Optimisation settings; every field is recorded in a dataset's manifest."""
+
+    iterations: int = 100
+    lr: float = 0.05  # Adam, on pixels scaled to 0..1, cosine-annealed
+    stat_weight: float = 1.0
+    embedding_weight: float = 1.0
+    diversity_weight: float = 0.05
+    tv_weight: float = 5.0  # on the mean squared difference of neighbouring pixels
+    l2_weight: float = 0.01  # on the pixels' squared distance from mid-grey
+    jitter: float = 0.06  # largest random shift, as a fraction of the image side
+    flip: bool = True
+    init_std: float = 0.2  # initial pixels: mid-grey + Gaussian noise of this std (0..1 scale)
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be at least 1, got {self.iterations}")
+        if self.lr <= 0 or not 0 <= self.jitter < 0.5:
+            raise ConfigError(f"need lr > 0 and 0 <= jitter < 0.5, got lr={self.lr}, jitter={self.jitter}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
+
+
+def _folded_batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, FOLDED_BN_TYPES)]
+
+
+def supported_methods(model: nn.Module) -> list[str]:
+    """The methods ``model`` supports, in the order ``auto`` prefers them."""
+    found = {
+        "bn-inversion": bool(_batchnorms(model)),
+        "affine-inversion": bool(_folded_batchnorms(model)),
+        "embedding-inversion": True,
+    }
+    return [name for name in METHODS if found[name]]
+
+
+def resolve_method(model: nn.Module, method: str) -> str:
+    """``method`` checked against what ``model`` supports; ``auto`` becomes the preferred one."""
+    supported = supported_methods(model)
+    if method == AUTO:
+        return supported[0]
+    if method not in METHODS:
+        raise ConfigError(f"unknown synthesis method {method!r}; choose {AUTO} or one of {', '.join(METHODS)}")
+    if method not in supported:
+        raise ConfigError(
+            f"{method} needs layers this model lacks (BatchNorm running statistics for bn-inversion, "
+            f"folded-BatchNorm affine layers for affine-inversion); it supports: {', '.join(supported)}"
+        )
+    return method
+
+
+def _stat_loss(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Distance of ``x``'s per-channel batch mean and std from targets, in units of the target std."""
+    dims = [d for d in range(x.ndim) if d != 1]
+    batch_var, batch_mean = torch.var_mean(x, dims, correction=0)
+    batch_std = batch_var.add(EPS).sqrt()
+    return (((batch_mean - mean) ** 2 + (batch_std - (var + EPS).sqrt()) ** 2) / (var + EPS)).mean()
+
+
+def _running_stats_hook(losses: list[torch.Tensor]) -> Callable:
+    """Pre-hook of a BatchNorm: its input's batch statistics vs its running statistics."""
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        losses.append(_stat_loss(inputs[0], module.running_mean, module.running_var))
+
+    return hook
+
+
+def _unit_stats_hook(losses: list[torch.Tensor]) -> Callable:
+    """Hook of a folded-BatchNorm affine layer: its output's batch statistics vs N(0, 1)."""
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        losses.append(_stat_loss(output, output.new_zeros(()), output.new_ones(())))
+
+    return hook
+
+
+@contextlib.contextmanager
+def _collect_stat_losses(model: nn.Module, method: str) -> Iterator[list[torch.Tensor]]:
+    """Hooks adding one statistics loss per layer to the yielded list at every forward."""
+    losses: list[torch.Tensor] = []
+    if method == "bn-inversion":
+        handles = [bn.register_forward_pre_hook(_running_stats_hook(losses)) for bn in _batchnorms(model)]
+    elif method == "affine-inversion":
+        handles = [layer.register_forward_hook(_unit_stats_hook(losses)) for layer in _folded_batchnorms(model)]
+    else:
+        handles = []
+    try:
+        yield losses
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over distinct pairs of the batch (0 for a single image)."""
+    count = len(embeddings)
+    if count < 2:
+        return embeddings.new_zeros(())
+    unit = F.normalize(embeddings.flatten(1), dim=1)
+    similarity = unit @ unit.T
+    return (similarity.sum() - similarity.diagonal().sum()) / (count * (count - 1))
+
+
+def _image_priors(pixels01: torch.Tensor, settings: InversionSettings) -> torch.Tensor:
+    """Total variation (squared) and l2 priors on 0..1 pixels."""
+    tv = (pixels01[..., 1:, :] - pixels01[..., :-1, :]).pow(2).mean() + (
+        pixels01[..., 1:] - pixels01[..., :-1]
+    ).pow(2).mean()
+    l2 = (pixels01 - 0.5).pow(2).mean()
+    return settings.tv_weight * tv + settings.l2_weight * l2
+
+
+def _augment(pixels01: torch.Tensor, settings: InversionSettings, rng: torch.Generator) -> torch.Tensor:
+    """A random shift (circular) and, with probability 1/2, a horizontal flip; the same for the batch."""
+    limit = int(settings.jitter * min(pixels01.shape[-2:]))
+    if limit:
+        dy, dx = torch.randint(-limit, limit + 1, (2,), generator=rng).tolist()
+        pixels01 = torch.roll(pixels01, (dy, dx), (2, 3))
+    if settings.flip and torch.rand((), generator=rng).item() < 0.5:
+        pixels01 = pixels01.flip(3)
+    return pixels01
+
+
+def _model_loss(
+    embeddings: torch.Tensor,
+    stat_losses: list[torch.Tensor],
+    method: str,
+    targets: torch.Tensor,
+    settings: InversionSettings,
+) -> torch.Tensor:
+    """Statistics matching (or target embeddings) plus the diversity term."""
+    loss = settings.diversity_weight * _mean_pairwise_cosine(embeddings)
+    if stat_losses:
+        loss = loss + settings.stat_weight * torch.stack(stat_losses).mean()
+    if method == "embedding-inversion":
+        cosine = F.cosine_similarity(embeddings.flatten(1), targets, dim=1)
+        loss = loss + settings.embedding_weight * (1 - cosine).mean()
+    return loss
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def invert_batch(
+    model: nn.Module,
+    contract: FaceContract,
+    method: str,
+    size: int,
+    seed: int,
+    settings: InversionSettings = InversionSettings(),
+    on_step: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Synthesise ``size`` images (uint8 RGB, (size, H, W, 3)) with a resolved ``method``.
+
+    Deterministic for a given ``seed`` on a given machine and thread count. ``on_step`` is
+    called after every optimisation step (progress bars).
+    """
+    rng = torch.Generator().manual_seed(seed)
+    height, width = contract.input_size
+    pixels = (0.5 + settings.init_std * torch.randn(size, 3, height, width, generator=rng)).clamp(0, 1)
+    pixels.requires_grad_(True)
+    targets = F.normalize(torch.randn(size, contract.embedding_size, generator=rng), dim=1)
+    optimizer = torch.optim.Adam([pixels], lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
+    with _eval_mode(model), _collect_stat_losses(model, method) as stat_losses:
+        for _ in range(settings.iterations):
+            stat_losses.clear()
+            view = _augment(pixels, settings, rng)
+            embeddings = model(pixels_to_input(view * 255, contract))
+            loss = _image_priors(view, settings) + _model_loss(embeddings, stat_losses, method, targets, settings)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward(inputs=[pixels])
+            optimizer.step()
+            schedule.step()
+            with torch.no_grad():
+                pixels.clamp_(0, 1)
+            if on_step is not None:
+                on_step()
+    rendered = (pixels.detach() * 255).round().to(torch.uint8)
+    return np.ascontiguousarray(rendered.permute(0, 2, 3, 1).numpy())
+
+
+def batch_seeds(seed: int, count: int, batch_size: int) -> list[tuple[int, int]]:
+    """(size, torch seed) of each batch of a ``count``-image run."""
+    return [
+        (min(batch_size, count - start), batch_seed(seed, index))
+        for index, start in enumerate(range(0, count, batch_size))
+    ]
