@@ -70,7 +70,7 @@ class HistogramObserver(MinMaxObserver):
 class PercentileObserver(HistogramObserver):
     """Clip at the given percentile of |x|."""
 
-    def __init__(self, percentile: float = 99.99, bins: int = HISTOGRAM_BINS) -> None:
+    def __init__(self, percentile: float = 99.999, bins: int = HISTOGRAM_BINS) -> None:
         super().__init__(bins)
         self.percentile = percentile
 
@@ -103,7 +103,7 @@ class MSEObserver(HistogramObserver):
         return min(best, super().amax()) if math.isfinite(best) else super().amax()
 
 
-def make_observer(method: str, bits: int, percentile: float = 99.99) -> MinMaxObserver:
+def make_observer(method: str, bits: int, percentile: float = 99.999) -> MinMaxObserver:
     """Observer for ``method``: ``minmax``, ``percentile`` (or ``percentile:P``) or ``mse``."""
     name, _, arg = method.partition(":")
     if name == "minmax":

@@ -18,8 +18,10 @@ from .common import build_config, load_calibration_data, model_options, quant_op
               help="Folder of aligned face images, or a dataset written by `qfsdk synth`.")
 @click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
-@click.option("--method", default="minmax", show_default=True, help="Range observer: minmax, percentile[:P] or mse.")
-@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--method", default="percentile", show_default=True,
+              help="Range observer: minmax, percentile[:P] (default P 99.999) or mse.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="Images per synthesis and calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")

@@ -355,27 +355,26 @@ def _read_input(r: _Reader) -> None:
     r.expect_int("input layer columns", INPUT_SIZE)
 
 
-def _read_pool(r: _Reader, layer: _Layer) -> None:
-    kind = layer.kind
-    r.expect_string(layer.label, (f"{kind}_2",))
+def _read_window(r: _Reader, layer: _Layer) -> None:
+    """Kernel size, stride and padding of a con_/pool layer (dlib's defaults)."""
     for field in ("rows", "columns"):
         r.expect_int(f"{layer.label} {field}", layer.kernel)
     for field in ("stride_y", "stride_x"):
         r.expect_int(f"{layer.label} {field}", layer.stride, 4)
     for field in ("padding_y", "padding_x"):
         r.expect_int(f"{layer.label} {field}", dlib_padding(layer.kernel, layer.stride), 4)
+
+
+def _read_pool(r: _Reader, layer: _Layer) -> None:
+    r.expect_string(layer.label, (f"{layer.kind}_2",))
+    _read_window(r, layer)
 
 
 def _read_con(r: _Reader, layer: _Layer) -> dict[str, torch.Tensor]:
     version = r.expect_string(layer.label, ("con_4", "con_5"))
     params = r.read_tensor(f"{layer.label} params")
     r.expect_int(f"{layer.label} num_filters", layer.out_channels)
-    for field in ("rows", "columns"):
-        r.expect_int(f"{layer.label} {field}", layer.kernel)
-    for field in ("stride_y", "stride_x"):
-        r.expect_int(f"{layer.label} {field}", layer.stride, 4)
-    for field in ("padding_y", "padding_x"):
-        r.expect_int(f"{layer.label} {field}", dlib_padding(layer.kernel, layer.stride), 4)
+    _read_window(r, layer)
     weight_shape = (layer.out_channels, layer.in_channels, layer.kernel, layer.kernel)
     r.expect_shape(f"{layer.label} filters", r.read_alias(f"{layer.label} filters"), weight_shape)
     bias_shape = r.read_alias(f"{layer.label} biases")

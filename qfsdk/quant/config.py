@@ -76,7 +76,7 @@ class QuantConfig:
     act_bits: int = 8
     scheme: str = "tensorrt"
     observer: str = "minmax"
-    percentile: float = 99.99
+    percentile: float = 99.999
     overrides: tuple[LayerOverride, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

@@ -101,30 +101,33 @@ class QuantModule:
         raise NotImplementedError
 
 
-class QuantConv2d(nn.Conv2d, QuantModule):
-    """Conv2d with a quantized weight and (TensorRT scheme) a quantized input."""
+class _WeightedQuantMixin(QuantModule):
+    """Conv/Linear: a quantized weight and (TensorRT scheme) a quantized input."""
 
     def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
         self.weight_quantizer = WeightQuantizer(weight_bits, symmetric)
         self.input_quantizer = ActQuantizer(act_bits, symmetric) if symmetric else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def quantized_operands(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
+        return x, self.weight_quantizer(self.weight)
 
 
-class QuantLinear(nn.Linear, QuantModule):
-    """Linear with a quantized weight and (TensorRT scheme) a quantized input."""
-
-    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
-        self.weight_quantizer = WeightQuantizer(weight_bits, symmetric)
-        self.input_quantizer = ActQuantizer(act_bits, symmetric) if symmetric else None
+class QuantConv2d(_WeightedQuantMixin, nn.Conv2d):
+    """Fake-quantized Conv2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+        x, weight = self.quantized_operands(x)
+        return self._conv_forward(x, weight, self.bias)
+
+
+class QuantLinear(_WeightedQuantMixin, nn.Linear):
+    """Fake-quantized Linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, weight = self.quantized_operands(x)
+        return F.linear(x, weight, self.bias)
 
 
 class _QuantAddMixin(QuantModule):
