@@ -18,9 +18,6 @@ import numpy as np
 from qfsdk.runtime.files import atomic_output
 
 DEMO_MODEL = "dlib_resnet"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
 def test_pattern_crops(count: int, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """Deterministic smooth colour patterns as uint8 RGB crops (no face photos ship with qfsdk)."""
     rng = np.random.default_rng(seed)
@@ -36,19 +33,14 @@ def test_pattern_crops(count: int, size: tuple[int, int], seed: int = 0) -> np.n
 
 
 def load_crops(folder: Path, size: tuple[int, int]) -> np.ndarray:
-    """Aligned face crops from ``folder``, resized to the model's input size."""
-    from PIL import Image
-
+    """Aligned face crops from ``folder`` (recursively), fitted to the model's input size."""
+    from qfsdk.calib.folder import IMAGE_SUFFIXES, find_images, load_image
     from qfsdk.errors import QfsdkError
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = find_images(folder)
     if not files:
-        raise QfsdkError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    crops = []
-    for file in files:
-        with Image.open(file) as image:
-            crops.append(np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)))
-    return np.stack(crops)
+        raise QfsdkError(f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    return np.stack([load_image(file, size) for file in files])
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -32,12 +32,11 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
 
     import qfsdk
     from qfsdk.calib.observers import make_observer
-    from qfsdk.models import create, get_spec
+    from qfsdk.models import create
     from qfsdk.quant.api import check_config
 
     config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
     make_observer(method, 8)  # validates the method name before any work
-    get_spec(model_name)
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     model = create(model_name, weights=weights)
     check_config(model, config)

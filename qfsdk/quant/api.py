@@ -90,7 +90,7 @@ def calibrate(
     for _, quantizer in quantizers:
         observer_method = method if quantizer.symmetric else "minmax"
         quantizer.observer = make_observer(observer_method, quantizer.bits, config.percentile)
-    batches = as_batches(data, model.contract, batch_size)
+    batches = as_batches(data, getattr(model, "contract", None), batch_size)
     was_training = model.training
     model.eval()
     images = 0
