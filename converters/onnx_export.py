@@ -25,10 +25,16 @@ def export_float(
     contract: FaceContract,
     architecture: str,
     opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
 ) -> Path:
-    """Write ``model`` (eval mode, fp32) to ``path`` with a dynamic batch dimension; atomic."""
-    model = model.eval()
-    example = torch.zeros(1, 3, *contract.input_size)
+    """Write ``model`` (eval mode) to ``path`` with a dynamic batch dimension; atomic.
+
+    ``fp16``: weights, input and output in float16 (for GPUs; the model itself is not changed).
+    """
+    import copy
+
+    model = copy.deepcopy(model).half().eval() if fp16 else model.eval()
+    example = torch.zeros(1, 3, *contract.input_size, dtype=torch.float16 if fp16 else torch.float32)
     path = Path(path)
     with atomic_output(path) as tmp:
         with warnings.catch_warnings():
@@ -50,9 +56,11 @@ def export_float(
     return path
 
 
-def add_metadata(proto: onnx.ModelProto, contract: FaceContract, architecture: str) -> None:
-    """Store the contract, SDK version and architecture in the model's metadata."""
-    values = {CONTRACT_KEY: contract.to_json(), VERSION_KEY: __version__, ARCHITECTURE_KEY: architecture}
+def add_metadata(
+    proto: onnx.ModelProto, contract: FaceContract, architecture: str, extra: dict[str, str] | None = None
+) -> None:
+    """Store the contract, SDK version, architecture (and ``extra`` keys) in the model's metadata."""
+    values = {CONTRACT_KEY: contract.to_json(), VERSION_KEY: __version__, ARCHITECTURE_KEY: architecture, **(extra or {})}
     kept = [p for p in proto.metadata_props if p.key not in values]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)

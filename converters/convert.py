@@ -1,0 +1,256 @@
+"""``qfsdk convert``'s pipeline: read a model, make it deployable for a target, export, verify.
+
+Inputs are recognised by a small registry of readers (a qfsdk quantized checkpoint, a QuantFace
+pickled model, or a float zoo model / checkpoint); each gives a ``Source``. The exported file is
+checked (``qfsdk check`` rules for TensorRT) and compared with the source model under ONNX
+Runtime before it is moved into place, so a failed conversion leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from qfsdk.errors import QfsdkError
+from qfsdk.runtime.contract import FaceContract
+from qfsdk.runtime.files import atomic_output
+
+from .graph_check import Violation, check_model
+from .onnx_export import export_float
+from .qdq_export import export_quantized, get_target, is_symmetric, to_symmetric
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16")
+
+
+@dataclass
+class Source:
+    """A model read from the user's input, and what it is."""
+
+    model: nn.Module
+    architecture: str
+    contract: FaceContract
+    kind: str
+    quantized: bool
+    description: str
+
+
+@dataclass
+class ConvertOptions:
+    target: str = "tensorrt"
+    precision: str | None = None  # fp32/fp16: a float export
+    model_name: str | None = None  # architecture of a float checkpoint
+    recalibrate: str | None = None  # "synthetic"
+    num_images: int = 32
+    iterations: int | None = None
+    probe_images: Path | None = None
+    num_probes: int = 8
+    opset: int = 17
+    allow_nonconforming: bool = False
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` did and measured, printed as its summary."""
+
+    source: str
+    architecture: str
+    target: str
+    output: Path
+    bits: str
+    probes: str
+    lines: list[str] = field(default_factory=list)
+    violations: list[Violation] = field(default_factory=list)
+    fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        out = [
+            f"source:       {self.source}",
+            f"architecture: {self.architecture}",
+            f"target:       {self.target}",
+            f"precision:    {self.bits}",
+            f"output:       {self.output} ({self.output.stat().st_size / 1e6:.2f} MB)",
+            *self.lines,
+        ]
+        for name, stats in self.fidelity.items():
+            out.append(f"{name}: min cosine {stats['min']:.5f}, mean {stats['mean']:.5f} ({self.probes})")
+        out.append("qfsdk check:  " + ("passes" if not self.violations else f"{len(self.violations)} violation(s)"))
+        return "\n".join(out)
+
+
+# ---- input readers: (name, recognises(input, options), read(input, options)) --------------------------------------
+
+
+def _is_qfsdk_checkpoint(text: str, options: ConvertOptions) -> bool:
+    from qfsdk.quant.checkpoint import FORMAT
+
+    path = Path(text)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT
+    except Exception:
+        return False
+
+
+def _read_qfsdk_checkpoint(text: str, options: ConvertOptions) -> Source:
+    import qfsdk
+
+    model = qfsdk.load(text)
+    return Source(model, model.arch, model.contract, "qfsdk quantized checkpoint", True, text)
+
+
+def _is_float(text: str, options: ConvertOptions) -> bool:
+    return options.precision is not None
+
+
+def _read_float(text: str, options: ConvertOptions) -> Source:
+    from qfsdk.models import create, names
+
+    if not Path(text).exists() and text in names():
+        model = create(text)
+        return Source(model, text, model.contract, "zoo model", False, f"zoo model {text}")
+    if not Path(text).is_file():
+        raise QfsdkError(f"{text}: neither a file nor a zoo model name (see `qfsdk models`)")
+    if options.model_name is None:
+        raise QfsdkError(f"{text}: a float checkpoint needs --model NAME to say its architecture (see `qfsdk models`)")
+    model = create(options.model_name, weights=text)
+    return Source(model, options.model_name, model.contract, "float checkpoint", False, text)
+
+
+def _is_file(text: str, options: ConvertOptions) -> bool:
+    return Path(text).is_file()
+
+
+def _read_quantface(text: str, options: ConvertOptions) -> Source:
+    from .quantface_import import import_quantface
+
+    imported = import_quantface(text)
+    bits = f"W{imported.weight_bits}A{imported.act_bits}"
+    return Source(imported.model, imported.architecture, imported.model.contract, f"QuantFace checkpoint ({bits})", True, text)
+
+
+INPUT_READERS: list[tuple[str, Callable[[str, ConvertOptions], bool], Callable[[str, ConvertOptions], Source]]] = [
+    ("float", _is_float, _read_float),
+    ("qfsdk", _is_qfsdk_checkpoint, _read_qfsdk_checkpoint),
+    ("quantface", _is_file, _read_quantface),
+]
+
+
+def read_input(text: str, options: ConvertOptions) -> Source:
+    for _, recognises, read in INPUT_READERS:
+        if recognises(text, options):
+            return read(text, options)
+    from qfsdk.models import names
+
+    if text in names():
+        raise QfsdkError(f"{text} is a float zoo model: add --fp32 (or --fp16) for a float export, or quantize it first with `qfsdk calibrate`")
+    raise QfsdkError(f"{text}: no such file")
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------------
+
+
+def probe_batch(contract: FaceContract, options: ConvertOptions) -> tuple[torch.Tensor, str]:
+    """Inputs for the fidelity numbers: the user's aligned faces, or seeded pixel noise."""
+    if options.probe_images is not None:
+        from qfsdk.calib.folder import ImageFolderSource
+
+        batches = ImageFolderSource(options.probe_images, contract, batch_size=options.num_probes)
+        return next(iter(batches)), f"{options.num_probes} images from {options.probe_images}"
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(options.num_probes, contract.height, contract.width, 3), dtype=np.uint8)
+    return torch.from_numpy(contract.preprocess(pixels)), f"{options.num_probes} noise images; pass --probe-images DIR for faces"
+
+
+def run_onnx(path: Path, batch: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = batch.numpy().astype(np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32)
+    return session.run(None, {session.get_inputs()[0].name: feed})[0].astype(np.float32)
+
+
+def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return {"min": float(cos.min()), "mean": float(cos.mean())}
+
+
+def float_twin(model: nn.Module, architecture: str) -> nn.Module:
+    """The float network inside a quantized model (same weights, no quantizers)."""
+    from qfsdk.models import create
+
+    float_model = create(architecture, pretrained=False)
+    expected = float_model.state_dict()
+    float_model.load_state_dict({k: v for k, v in model.state_dict().items() if k in expected})
+    return float_model
+
+
+def recalibrate_synthetic(model: nn.Module, source: Source, options: ConvertOptions) -> str:
+    """Re-fit the symmetric activation ranges on synthetic images made from the float twin."""
+    import qfsdk
+    from qfsdk.calib.synth import synthetic_source
+
+    teacher = float_twin(source.model, source.architecture)
+    data = synthetic_source(teacher, source.contract, options.num_images, seed=0, batch_size=min(32, options.num_images),
+                            iterations=options.iterations, progress=True)
+    qfsdk.calibrate(model, data, method="percentile")
+    return f"ranges re-fitted on {options.num_images} synthetic images (percentile)"
+
+
+def _bits(model: nn.Module) -> str:
+    config = getattr(model, "quant_config", None)
+    return "float" if config is None else f"W{config.weight_bits}A{config.act_bits} ({config.scheme} placement)"
+
+
+# ---- the pipeline --------------------------------------------------------------------------------------------------
+
+
+def convert(text: str, output: str | Path, options: ConvertOptions) -> ConversionReport:
+    """Convert ``text`` (a file or zoo name) to an ONNX file at ``output``; nothing is written on failure."""
+    target = get_target(options.target)
+    source = read_input(text, options)
+    output = Path(output)
+    probes, probe_text = probe_batch(source.contract, options)
+    with torch.no_grad():
+        reference = source.model.eval()(probes).numpy()
+    report = ConversionReport(source.description, source.architecture, target.name, output, _bits(source.model), probe_text)
+    with atomic_output(output) as tmp:
+        if not source.quantized:
+            report.bits = options.precision or "fp32"
+            export_float(source.model, tmp, source.contract, source.architecture, opset=options.opset,
+                         fp16=options.precision == "fp16")
+            report.fidelity["ONNX vs PyTorch float"] = cosine_stats(reference, run_onnx(tmp, probes))
+        else:
+            deployable = source.model
+            if target.symmetric_only and not is_symmetric(source.model):
+                deployable = to_symmetric(source.model)
+                report.lines.append("quantizers:   asymmetric -> symmetric for TensorRT (ranges widened to [-amax, amax])")
+            if options.recalibrate == "synthetic":
+                if deployable is source.model:
+                    deployable = copy.deepcopy(source.model)
+                report.lines.append("recalibrate:  " + recalibrate_synthetic(deployable, source, options))
+            export_quantized(deployable, tmp, target=target.name, contract=source.contract,
+                             architecture=source.architecture, opset=options.opset)
+            onnx_out = run_onnx(tmp, probes)
+            report.fidelity["ONNX vs source model"] = cosine_stats(reference, onnx_out)
+            if deployable is not source.model:
+                with torch.no_grad():
+                    report.fidelity["ONNX vs deployable PyTorch model"] = cosine_stats(deployable(probes).numpy(), onnx_out)
+        if target.symmetric_only:
+            report.violations = check_model(tmp)
+            if report.violations and not options.allow_nonconforming:
+                listing = "\n".join(f"  {v}" for v in report.violations)
+                raise QfsdkError(f"the exported graph breaks TensorRT rules; nothing written (pass --allow-nonconforming to keep it):\n{listing}")
+    return report

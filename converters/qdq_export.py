@@ -1,0 +1,202 @@
+"""Export a calibrated qfsdk quantized model to ONNX with QuantizeLinear/DequantizeLinear nodes.
+
+The placement is the model's own (its quantizers); the target decides the quantizer form:
+``tensorrt`` needs symmetric int8 (zero point 0), so asymmetric (QuantFace) quantizers are
+widened to symmetric ones first; ``onnxruntime`` and ``openvino`` run nonzero zero points, so
+QuantFace models export exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import types
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import onnx
+import torch
+from torch import nn
+
+from qfsdk.errors import QfsdkError
+from qfsdk.quant.api import quant_config_of
+from qfsdk.quant.fake_quant import fake_quant_asymmetric
+from qfsdk.quant.modules import ActQuantizer, QuantPReLU, WeightQuantizer
+from qfsdk.runtime.files import atomic_output
+
+from .graph_tools import bypass_identities, constants_to_initializers, remove_unused_initializers, split_shared_qdq
+from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, add_metadata
+from .qdq_forms import (
+    FloatConstant,
+    WeightDQ,
+    act_qdq,
+    asymmetric_act_form,
+    asymmetric_weight_form,
+    symmetric_act_form,
+    symmetric_weight_form,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a deployment backend can run."""
+
+    name: str
+    symmetric_only: bool
+    description: str
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("tensorrt", True, "TensorRT explicit quantization: symmetric int8, zero point 0"),
+        Target("onnxruntime", False, "ONNX Runtime CPU/GPU: int8 Q/DQ, nonzero zero points allowed"),
+        Target("openvino", False, "OpenVINO CPU/iGPU: int8 Q/DQ, nonzero zero points allowed"),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    if name not in TARGETS:
+        raise QfsdkError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def to_symmetric(model: nn.Module) -> nn.Module:
+    """A copy whose asymmetric (QuantFace) quantizers are symmetric: each activation range is
+    widened to ``[-amax, amax]`` (about one bit of resolution lost) and weights use max |w|."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, (ActQuantizer, WeightQuantizer)):
+            module.symmetric = True
+    return model
+
+
+def is_symmetric(model: nn.Module) -> bool:
+    return all(m.symmetric for m in model.modules() if isinstance(m, (ActQuantizer, WeightQuantizer)))
+
+
+def _act_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
+    if not bool(self.has_range):
+        raise QfsdkError("an activation quantizer has no range: calibrate the model (qfsdk calibrate) before exporting")
+    if self.symmetric:
+        form = symmetric_act_form(float(self.amax), self.bits)
+    else:
+        form = asymmetric_act_form(float(self.x_min), float(self.x_max), self.bits)
+    return act_qdq(x, form)
+
+
+def _weight_export_forward(self: WeightQuantizer, weight: torch.Tensor) -> torch.Tensor:
+    form = symmetric_weight_form(weight, self.bits) if self.symmetric else asymmetric_weight_form(weight, self.bits)
+    if form is None:
+        log.warning("a weight tensor has a channel of one sign; its QuantFace values are stored as float")
+        return FloatConstant.apply(weight, WeightQuantizer.forward(self, weight).detach().numpy())
+    return WeightDQ.apply(weight, form)
+
+
+def _prelu_export_forward(self: QuantPReLU, x: torch.Tensor) -> torch.Tensor:
+    # The slope is a constant: bake its fake-quantized value; the output keeps its quantizer.
+    slope = self.weight.detach()
+    slope = fake_quant_asymmetric(slope, slope.min(), slope.max(), self.slope_bits)
+    return self.output_quantizer(torch.nn.functional.prelu(x, slope))
+
+
+EXPORT_FORWARDS: dict[type, Callable] = {
+    ActQuantizer: _act_export_forward,
+    WeightQuantizer: _weight_export_forward,
+    QuantPReLU: _prelu_export_forward,
+}
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Route every quantizer through its Q/DQ form for the duration of an export."""
+    patched = []
+    for module in model.modules():
+        forward = EXPORT_FORWARDS.get(type(module))
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+            patched.append(module)
+    try:
+        yield model
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def export_quantized(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    target: str = "tensorrt",
+    contract=None,
+    architecture: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    extra_metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write a calibrated quantized model to ``path`` as a Q/DQ ONNX graph for ``target``; atomic.
+
+    The graph has a dynamic batch dimension, per-channel int8 weight initializers and constant
+    per-tensor activation scales; the model contract and quantization settings are stored in its
+    metadata.
+    """
+    spec = get_target(target)
+    config = quant_config_of(model)
+    contract = contract or getattr(model, "contract", None)
+    architecture = architecture or getattr(model, "arch", None) or type(model).__name__
+    if contract is None:
+        raise QfsdkError("the model has no preprocessing contract; pass contract=FaceContract(...)")
+    if spec.symmetric_only and not is_symmetric(model):
+        model = to_symmetric(model)
+    was_training = model.training
+    model.eval()
+    example = torch.zeros(1, 3, *contract.input_size)
+    path = Path(path)
+    try:
+        with atomic_output(path) as tmp, export_mode(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notices
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+            proto = onnx.load(str(tmp))
+            constants_to_initializers(proto)
+            bypass_identities(proto)
+            split_shared_qdq(proto)
+            remove_unused_initializers(proto)
+            metadata = {"qfsdk.target": spec.name, **quantization_metadata(model), **(extra_metadata or {})}
+            add_metadata(proto, contract, architecture, metadata)
+            onnx.checker.check_model(proto)
+            onnx.save(proto, str(tmp))
+    finally:
+        model.train(was_training)
+    return path
+
+
+def quantization_metadata(model: nn.Module) -> dict[str, str]:
+    """The config, per-layer bit widths and calibration source, as metadata strings."""
+    import json
+
+    config = quant_config_of(model)
+    layers = {}
+    for name, module in model.named_modules():
+        quantizer = getattr(module, "weight_quantizer", None)
+        if isinstance(quantizer, WeightQuantizer):
+            act = getattr(module, "input_quantizer", None)
+            layers[name] = {"weight_bits": quantizer.bits, "act_bits": act.bits if act is not None else None}
+    return {
+        "qfsdk.quant_config": config.to_json(),
+        "qfsdk.layer_bits": json.dumps(layers, sort_keys=True),
+        "qfsdk.calibration": json.dumps(getattr(model, "calibration", None), sort_keys=True),
+    }

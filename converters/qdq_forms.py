@@ -1,0 +1,138 @@
+"""Quantizers as ONNX QuantizeLinear/DequantizeLinear: exact integer forms of qfsdk's fake-quant.
+
+Activations go through ``torch.fake_quantize_per_tensor_affine``, which the TorchScript exporter
+writes as Q/DQ; weights through a small autograd Function whose ``symbolic`` emits int8 codes.
+Every scale and zero point is a constant.
+
+Activations (per tensor): ``[Clip] -> QuantizeLinear(int8) -> DequantizeLinear``. Sub-8-bit
+activations clip to their sub-range first, so the int8 codes stay on the k-bit grid.
+Weights (per output channel): the integer codes are computed here and stored as an int8
+initializer followed by ``DequantizeLinear(axis=0)``.
+
+The QuantFace reference quantizer maps onto the same ops: its ``scale`` multiplies, so
+``y_scale = 1 / scale`` and ``y_zero_point = -zero_point``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qfsdk.quant.fake_quant import asymmetric_params, per_channel_amax, per_channel_min_max, signed_range, symmetric_scale
+
+INT8_MIN, INT8_MAX = -128, 127
+
+
+@dataclass(frozen=True)
+class ActForm:
+    """Per-tensor activation quantization: ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``."""
+
+    scale: float
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    @property
+    def needs_clip(self) -> bool:
+        return (self.qmin, self.qmax) != (INT8_MIN, INT8_MAX)
+
+    @property
+    def clip_bounds(self) -> tuple[float, float]:
+        """The float range whose codes are exactly [qmin, qmax] (before rounding)."""
+        return (self.qmin - self.zero_point) * self.scale, (self.qmax - self.zero_point) * self.scale
+
+
+@dataclass(frozen=True)
+class WeightForm:
+    """Per-output-channel weight codes with their DequantizeLinear parameters."""
+
+    codes: np.ndarray  # int8, the weight's shape
+    scale: np.ndarray  # float32, (out_channels,)
+    zero_point: np.ndarray  # int8, (out_channels,)
+
+    def dequantized(self) -> torch.Tensor:
+        shape = (-1,) + (1,) * (self.codes.ndim - 1)
+        codes = self.codes.astype(np.float32) - self.zero_point.astype(np.float32).reshape(shape)
+        return torch.from_numpy(codes * self.scale.reshape(shape))
+
+
+def symmetric_act_form(amax: float, bits: int) -> ActForm:
+    qmin, qmax = signed_range(bits, narrow=False)
+    scale = float(symmetric_scale(torch.tensor(amax), bits, narrow=False))
+    return ActForm(scale=scale, zero_point=0, qmin=qmin, qmax=qmax)
+
+
+def asymmetric_act_form(x_min: float, x_max: float, bits: int) -> ActForm:
+    """The QuantFace quantizer; its range always contains 0, so the zero point fits int8."""
+    scale, zero_point = asymmetric_params(torch.tensor(x_min), torch.tensor(x_max), bits)
+    half = 2 ** (bits - 1)
+    return ActForm(scale=float(1.0 / scale), zero_point=int(-zero_point), qmin=-half, qmax=half - 1)
+
+
+def symmetric_weight_form(weight: torch.Tensor, bits: int) -> WeightForm:
+    qmin, qmax = signed_range(bits, narrow=True)
+    scale = symmetric_scale(per_channel_amax(weight), bits, narrow=True)
+    codes = torch.clamp(torch.round(weight.detach() / scale), qmin, qmax)
+    return WeightForm(
+        codes=codes.to(torch.int8).numpy(),
+        scale=scale.flatten().float().numpy(),
+        zero_point=np.zeros(weight.shape[0], np.int8),
+    )
+
+
+def asymmetric_weight_form(weight: torch.Tensor, bits: int) -> WeightForm | None:
+    """The QuantFace weight quantizer; ``None`` when a channel's zero point leaves int8
+    (a channel whose weights all share one sign), which int8 DequantizeLinear cannot express."""
+    w_min, w_max = per_channel_min_max(weight)
+    scale, zero_point = asymmetric_params(w_min, w_max, bits)
+    half = 2 ** (bits - 1)
+    onnx_zero_point = -zero_point.flatten()
+    if onnx_zero_point.min() < INT8_MIN or onnx_zero_point.max() > INT8_MAX:
+        return None
+    codes = torch.clamp(torch.round(scale * weight.detach() - zero_point), -half, half - 1)
+    return WeightForm(
+        codes=codes.to(torch.int8).numpy(),
+        scale=(1.0 / scale).flatten().float().numpy(),
+        zero_point=onnx_zero_point.to(torch.int8).numpy(),
+    )
+
+
+def _const(g, value: np.ndarray | float | int, dtype: torch.dtype):
+    return g.op("Constant", value_t=torch.tensor(np.asarray(value), dtype=dtype))
+
+
+def act_qdq(x: torch.Tensor, form: ActForm) -> torch.Tensor:
+    """``[Clip] -> QuantizeLinear -> DequantizeLinear`` as torch's exporter writes them (constant scale)."""
+    if form.needs_clip:
+        low, high = form.clip_bounds
+        x = torch.clamp(x, low, high)
+    return torch.fake_quantize_per_tensor_affine(x, form.scale, form.zero_point, INT8_MIN, INT8_MAX)
+
+
+class WeightDQ(torch.autograd.Function):
+    """int8 weight codes -> ``DequantizeLinear(axis=0)``; the float weight input is ignored."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, form: WeightForm) -> torch.Tensor:
+        return form.dequantized().to(weight.dtype)
+
+    @staticmethod
+    def symbolic(g, weight, form: WeightForm):
+        codes = _const(g, form.codes, torch.int8)
+        scale = _const(g, form.scale, torch.float32)
+        zero_point = _const(g, form.zero_point, torch.int8)
+        return g.op("DequantizeLinear", codes, scale, zero_point, axis_i=0)
+
+
+class FloatConstant(torch.autograd.Function):
+    """A precomputed float array in place of ``weight`` (stored as an initializer)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, value: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(value.copy()).to(weight.dtype)
+
+    @staticmethod
+    def symbolic(g, weight, value: np.ndarray):
+        return g.op("Constant", value_t=torch.from_numpy(value.copy()))

@@ -1,0 +1,156 @@
+"""ONNX Q/DQ export through `qfsdk convert`, checked with real ONNX Runtime and `qfsdk check`."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+import qfsdk
+from face_photos import face_chips
+from qfsdk.cli import main
+from qfsdk.models import create
+
+PARITY = 0.9999
+CASES = [
+    ("dlib_resnet", "w8a8"),
+    ("dlib_resnet", "w6a6"),
+    ("dlib_resnet", "w4a4"),
+    ("mobilefacenet", "w8a8"),
+    ("mobilefacenet", "w6a6"),
+    ("mobilefacenet", "w4a4"),
+    ("iresnet18", "w8a8"),
+    ("iresnet18", "w6a6"),
+    ("iresnet18", "w4a4"),
+    ("iresnet50", "w8a8"),
+]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def run_ort(path: Path, batch: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": batch})[0]
+
+
+def probe_inputs(model: torch.nn.Module) -> torch.Tensor:
+    """Real face chips for the pretrained dlib model; seeded noise for random-weight models."""
+    if model.arch == "dlib_resnet":
+        return torch.from_numpy(model.contract.preprocess(np.stack(face_chips()[:8])))
+    return torch.randn(4, 3, *model.contract.input_size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Each case calibrated, saved as a qfsdk checkpoint and converted with the CLI (default target)."""
+    root = tmp_path_factory.mktemp("convert")
+    results = {}
+    runner = CliRunner()
+    for arch, bits in CASES:
+        torch.manual_seed(0)
+        model = create(arch)
+        x = probe_inputs(model)
+        quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), bits), x, method="minmax")
+        checkpoint = qfsdk.save_quantized(quantized, root / f"{arch}_{bits}.safetensors")
+        output = root / f"{arch}_{bits}.onnx"
+        result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(output)])
+        assert result.exit_code == 0, result.output
+        with torch.no_grad():
+            torch_out = quantized(x).numpy()
+            float64_out = copy.deepcopy(quantized).double()(x.double()).float().numpy()
+        results[arch, bits] = {
+            "onnx": output,
+            "summary": result.output,
+            "parity": cosines(torch_out, run_ort(output, x.numpy())).min(),
+            # How far float32 rounding alone moves this quantized model (float64 vs float32 PyTorch):
+            # low-bit models flip a few rounding decisions, and no runtime can do better than that.
+            "noise_floor": cosines(torch_out, float64_out).min(),
+        }
+    return results
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{a}-{b}" for a, b in CASES])
+def test_onnx_runtime_matches_pytorch_quantized_model(exports, case):
+    result = exports[case]
+    assert result["parity"] >= PARITY or result["parity"] >= result["noise_floor"] - 5e-3, result
+    assert "qfsdk check:  passes" in result["summary"]
+
+
+def test_exported_graph_follows_tensorrt_rules(exports):
+    proto = onnx.load(str(exports["iresnet18", "w6a6"]["onnx"]))
+    graph = proto.graph
+    initializers = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("Clip") == ops.count("QuantizeLinear")  # 6-bit: Clip + int8 Q
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers]
+    assert weight_dq and all(initializers[n.input[0]].dtype == np.int8 for n in weight_dq)
+    assert all(np.abs(initializers[n.input[0]]).max() <= 31 for n in weight_dq)  # the 6-bit grid inside int8
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(metadata["qfsdk.quant_config"])["weight_bits"] == 6
+    assert json.loads(metadata["qfsdk.contract"])["embedding_size"] == 512
+    assert metadata["qfsdk.target"] == "tensorrt"
+
+
+def test_w8a8_file_is_a_quarter_of_float(exports, tmp_path):
+    float_path = tmp_path / "iresnet50_fp32.onnx"
+    result = CliRunner().invoke(main, ["convert", "iresnet50", "--fp32", "-o", str(float_path)])
+    assert result.exit_code == 0, result.output
+    ratio = exports["iresnet50", "w8a8"]["onnx"].stat().st_size / float_path.stat().st_size
+    assert ratio <= 0.26, ratio
+
+
+def test_float_export_matches_pytorch(dlib_fp32_onnx):
+    model = create("dlib_resnet")
+    x = torch.from_numpy(model.contract.preprocess(np.stack(face_chips())))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert cosines(expected, run_ort(dlib_fp32_onnx, x.numpy())).min() >= 0.99999
+
+
+def test_fp16_export_runs(tmp_path):
+    output = tmp_path / "dlib_fp16.onnx"
+    result = CliRunner().invoke(main, ["convert", "dlib_resnet", "--fp16", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float16)"
+    assert "min cosine 0.999" in result.output or "min cosine 1.000" in result.output
+
+
+def test_triton_repository(exports, tmp_path):
+    checkpoint_onnx = exports["mobilefacenet", "w8a8"]["onnx"]
+    result = CliRunner().invoke(main, ["convert", "mobilefacenet", "--fp32", "-o", str(tmp_path / "mfn.onnx"),
+                                       "--triton-repo", str(tmp_path / "repo"), "--max-batch", "32"])
+    assert result.exit_code == 0, result.output
+    config = (tmp_path / "repo" / "mfn" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 32" in config
+    assert "dims: [ 3, 112, 112 ]" in config and "dims: [ 128 ]" in config and "dynamic_batching" in config
+    assert (tmp_path / "repo" / "mfn" / "1" / "model.onnx").is_file()
+    assert checkpoint_onnx.is_file()
+
+
+def test_failed_conversion_leaves_no_file(tmp_path):
+    model = qfsdk.quantize(create("mobilefacenet"), "w8a8")  # never calibrated: no activation ranges
+    checkpoint = qfsdk.save_quantized(model, tmp_path / "uncalibrated.safetensors")
+    output = tmp_path / "out.onnx"
+    result = CliRunner().invoke(main, ["convert", str(checkpoint), "-o", str(output)])
+    assert result.exit_code == 1 and "calibrate" in result.output
+    assert list(tmp_path.iterdir()) == [checkpoint]
+
+
+def test_bad_input_is_one_clear_line(tmp_path, dlib_fp32_onnx):
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(dlib_fp32_onnx), "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1 and "not a checkpoint `qfsdk convert` reads" in result.output
+    result = runner.invoke(main, ["convert", "dlib_resnet", "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1 and "--fp32" in result.output
+    assert not (tmp_path / "x.onnx").exists()
