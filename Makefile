@@ -7,7 +7,7 @@ EXTRAS ?= dev,dlib,openvino
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qfsdk-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean native
 
 install: $(STAMP)
 
@@ -23,6 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# libqfsdk.so (C ABI) and examples/embed in build/native, with OpenVINO from the venv's wheel
+# (creates the venv if missing, never reinstalls it).
+native: | $(STAMP)
+	cmake -S runtime/native -B build/native $(if $(shell command -v ninja),-G Ninja) -DCMAKE_BUILD_TYPE=Release \
+		-DOpenVINO_DIR="$$($(BIN)/python -c 'import openvino, os; print(os.path.dirname(openvino.__file__))')/cmake"
+	cmake --build build/native -j 2
 
 clean:
 	rm -rf $(VENV) .cache qfsdk-demo build *.egg-info
