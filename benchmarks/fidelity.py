@@ -33,8 +33,9 @@ TARGETS = {"w8a8_ptq_min_cosine": 0.999, "w6a6_qat_min_cosine": 0.99}
 
 
 def embed(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return model.eval()(images)
+        return model.eval()(images.to(device)).cpu()
 
 
 def fidelity(quantized: torch.Tensor, reference: torch.Tensor, threshold: float) -> dict:
@@ -55,9 +56,10 @@ def fidelity(quantized: torch.Tensor, reference: torch.Tensor, threshold: float)
     }
 
 
-def qat_for(minutes: float, student, teacher, images, batch_size: int, state: Path, **settings) -> dict:
+def qat_for(minutes: float, student, teacher, images, batch_size: int, state: Path, device: str, **settings) -> dict:
     """QAT for a wall-clock budget; returns steps done and the loss curve."""
-    run = QATRun(student, teacher, images, QATSettings(steps=10**6, batch_size=batch_size, checkpoint_every=10**6, **settings), state)
+    run = QATRun(student, teacher, images, QATSettings(steps=10**6, batch_size=batch_size, checkpoint_every=10**6, **settings), state,
+                 device=device)
     deadline = time.time() + minutes * 60
     while time.time() < deadline:
         run.train_step()
@@ -71,7 +73,7 @@ def chunk_means(values: list[float], chunks: int = 10) -> list[float]:
 
 
 def dlib_section(args) -> dict:
-    teacher = create("dlib_resnet")
+    teacher = create("dlib_resnet").to(args.device)
     contract = teacher.contract
     from face_photos import face_chips
 
@@ -98,7 +100,8 @@ def dlib_section(args) -> dict:
         if minutes <= 0:
             continue
         student = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(teacher), preset), synthetic, method=best_method[preset])
-        info = qat_for(minutes, student, teacher, synthetic, args.batch_size, args.state_dir / f"dlib_{preset}.safetensors", seed=args.seed)
+        info = qat_for(minutes, student, teacher, synthetic, args.batch_size, args.state_dir / f"dlib_{preset}.safetensors",
+                       args.device, seed=args.seed)
         result["qat"][preset] = {"init": best_method[preset], **info, **fidelity(embed(student, chips), reference, contract.threshold)}
     result["targets"] = {
         "w8a8_ptq_min_cosine": max(v["min_cosine"] for v in result["ptq"]["w8a8"].values()),
@@ -147,6 +150,7 @@ def main() -> None:
     parser.add_argument("--qat-minutes-low", type=float, default=3.0, help="W4A8 and W4A4 QAT budget each")
     parser.add_argument("--mfn-steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--state-dir", type=Path, default=Path(".cache/bench-state"))
     parser.add_argument("--sections", default="dlib_resnet,mobilefacenet_kd", help="comma-separated subset to run")
@@ -154,7 +158,8 @@ def main() -> None:
     args = parser.parse_args()
     args.state_dir.mkdir(parents=True, exist_ok=True)
     sections = {"dlib_resnet": dlib_section, "mobilefacenet_kd": mobilefacenet_section}
-    report = {"benchmark": "fidelity", "torch_threads": torch.get_num_threads()}
+    report = {"benchmark": "fidelity", "torch_threads": torch.get_num_threads(), "device": args.device,
+              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
     for name in args.sections.split(","):
         report[name] = sections[name](args)
     text = json.dumps(report, indent=2)

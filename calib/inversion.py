@@ -213,11 +213,12 @@ def invert_batch(
     Deterministic for a given ``seed`` on a given machine and thread count. ``on_step`` is
     called after every optimisation step (progress bars).
     """
-    rng = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)  # on the CPU: the same images whatever the model's device
+    device = next(model.parameters()).device
     height, width = contract.input_size
-    pixels = (0.5 + settings.init_std * torch.randn(size, 3, height, width, generator=rng)).clamp(0, 1)
+    pixels = (0.5 + settings.init_std * torch.randn(size, 3, height, width, generator=rng)).clamp(0, 1).to(device)
     pixels.requires_grad_(True)
-    targets = F.normalize(torch.randn(size, contract.embedding_size, generator=rng), dim=1)
+    targets = F.normalize(torch.randn(size, contract.embedding_size, generator=rng), dim=1).to(device)
     optimizer = torch.optim.Adam([pixels], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
     with _eval_mode(model), _collect_stat_losses(model, method) as stat_losses:
@@ -234,7 +235,7 @@ def invert_batch(
                 pixels.clamp_(0, 1)
             if on_step is not None:
                 on_step()
-    rendered = (pixels.detach() * 255).round().to(torch.uint8)
+    rendered = (pixels.detach() * 255).round().to(torch.uint8).cpu()
     return np.ascontiguousarray(rendered.permute(0, 2, 3, 1).numpy())
 
 

@@ -55,7 +55,7 @@ class HistogramObserver(MinMaxObserver):
             self.edge = top
         while top > self.edge:
             self._double()
-        self.hist += torch.histc(values, self.bins, 0.0, self.edge).double()
+        self.hist += torch.histc(values, self.bins, 0.0, self.edge).double().cpu()
 
     def _double(self) -> None:
         merged = self.hist.view(-1, 2).sum(1)

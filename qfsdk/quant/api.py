@@ -91,6 +91,7 @@ def calibrate(
         observer_method = method if quantizer.symmetric else "minmax"
         quantizer.observer = make_observer(observer_method, quantizer.bits, config.percentile)
     batches = as_batches(data, getattr(model, "contract", None), batch_size)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     images = 0
@@ -98,7 +99,7 @@ def calibrate(
         # The source may synthesise its images lazily (which needs gradients): only the forward is no_grad.
         for batch in tqdm(batches, desc=f"calibrate ({method})", disable=not progress, total=len(batches)):
             with torch.no_grad():
-                model(batch)
+                model(batch.to(device))
             images += len(batch)
     finally:
         for _, quantizer in quantizers:

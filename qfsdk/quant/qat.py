@@ -88,6 +88,13 @@ def batch_plan(step: int, global_batch: int, n: int, seed: int) -> tuple[torch.T
     return indices, flips
 
 
+def default_device() -> torch.device:
+    """This process's GPU (``LOCAL_RANK`` under torchrun) when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def distributed_context() -> tuple[int, int]:
     """(rank, world size), joining the process group torchrun describes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -101,12 +108,16 @@ def distributed_context() -> tuple[int, int]:
 class QATRun:
     """One distillation run: student, teacher, images, optimiser and its resumable state."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor, settings: QATSettings, state_path: Path):
+    def __init__(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor, settings: QATSettings, state_path: Path,
+                 device: torch.device | str | None = None):
         quant_config_of(student)
         if images.ndim != 4 or len(images) == 0:
             raise ConfigError(f"QAT needs preprocessed images shaped (N, 3, H, W), got {tuple(images.shape)}")
+        self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         self.rank, self.world = distributed_context()
-        self.student, self.teacher, self.images = student, teacher.eval(), images
+        self.student, self.teacher, self.images = student.to(self.device), teacher.eval().to(self.device), images
         self.settings, self.state_path = settings, Path(state_path)
         calibrated = all(bool(q.has_range) for _, q in act_quantizers(student))
         self.range_warmup = settings.range_warmup_steps if settings.range_warmup_steps is not None else (0 if calibrated else 299)
@@ -119,7 +130,8 @@ class QATRun:
         self.history: list[dict[str, float]] = []
         self.model = student
         if self.world > 1:
-            self.model = nn.parallel.DistributedDataParallel(student)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(student, device_ids=device_ids)
 
     # -- state ---------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -128,11 +140,11 @@ class QATRun:
             return
         from safetensors.torch import save_file
 
-        tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in self.student.state_dict().items()}
+        tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in self.student.state_dict().items()}
         for index, param in enumerate(self.params):
             buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
             if buffer is not None:
-                tensors[f"optim.{index}.momentum_buffer"] = buffer.contiguous().clone()
+                tensors[f"optim.{index}.momentum_buffer"] = buffer.cpu().contiguous().clone()
         metadata = {
             "format": STATE_FORMAT,
             "step": str(self.step),
@@ -165,7 +177,7 @@ class QATRun:
         for index, param in enumerate(self.params):
             buffer = tensors.get(f"optim.{index}.momentum_buffer")
             if buffer is not None:
-                self.optimizer.state[param]["momentum_buffer"] = buffer.clone()
+                self.optimizer.state[param]["momentum_buffer"] = buffer.to(self.device).clone()
         self.step = int(metadata["step"])
         self.range_warmup = int(metadata["range_warmup"])
         self.history = json.loads(metadata["history"])
@@ -180,6 +192,7 @@ class QATRun:
         batch = self.images[indices[mine]].clone()
         if settings.flip:
             batch[flips[mine]] = batch[flips[mine]].flip(-1)
+        batch = batch.to(self.device, non_blocking=True)
         with torch.no_grad():
             target = self.teacher(batch)
         set_range_tracking(self.student, self.step < self.range_warmup)
@@ -216,7 +229,7 @@ class QATRun:
                     dist.barrier()
         bar.close()
         set_range_tracking(self.student, False)
-        return self.student.eval()
+        return self.student.eval().cpu()
 
 
 def train_qat(
