@@ -55,6 +55,7 @@ class ConvertOptions:
     num_probes: int = 8
     opset: int = 17
     allow_nonconforming: bool = False
+    int6_plugin: bool = False  # sub-8-bit activations as qfsdk::FakeQuantize plugin nodes
 
 
 @dataclass
@@ -209,6 +210,21 @@ def recalibrate_synthetic(model: nn.Module, source: Source, options: ConvertOpti
     return f"ranges re-fitted on {options.num_images} synthetic images (percentile)"
 
 
+def plugin_summary(path: Path) -> str:
+    """How many sub-8-bit activation quantizers became ``qfsdk::FakeQuantize`` plugin nodes."""
+    import onnx
+
+    from qfsdk.runtime.plugins import PYTHON_PLUGIN
+
+    from .qdq_forms import is_plugin_node
+
+    count = sum(is_plugin_node(node) for node in onnx.load(str(path)).graph.node)
+    if not count:
+        return "no sub-8-bit activation quantizers: --int6-plugin left the graph pure Q/DQ"
+    return (f"{count} sub-8-bit quantizers as qfsdk::FakeQuantize plugin nodes (simulation: TensorRT cannot fuse "
+            f"them into int8 layers; build with `qfsdk build --plugins {PYTHON_PLUGIN}`)")
+
+
 def _bits(model: nn.Module) -> str:
     config = getattr(model, "quant_config", None)
     return "float" if config is None else f"W{config.weight_bits}A{config.act_bits} ({config.scheme} placement)"
@@ -221,6 +237,8 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
     """Convert ``text`` (a file or zoo name) to an ONNX file at ``output``; nothing is written on failure."""
     target = get_target(options.target)
     source = read_input(text, options)
+    if options.int6_plugin and not source.quantized:
+        raise QfsdkError("--int6-plugin applies to quantized models; a float export has no activation quantizers")
     output = Path(output)
     probes, probe_text = probe_batch(source.contract, options)
     with torch.no_grad():
@@ -242,7 +260,9 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
                     deployable = copy.deepcopy(source.model)
                 report.lines.append("recalibrate:  " + recalibrate_synthetic(deployable, source, options))
             export_quantized(deployable, tmp, target=target.name, contract=source.contract,
-                             architecture=source.architecture, opset=options.opset)
+                             architecture=source.architecture, opset=options.opset, act_plugin=options.int6_plugin)
+            if options.int6_plugin:
+                report.lines.append("activations:  " + plugin_summary(tmp))
             onnx_out = run_onnx(tmp, probes)
             report.fidelity["ONNX vs source model"] = cosine_stats(reference, onnx_out)
             if deployable is not source.model:

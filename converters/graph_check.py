@@ -4,7 +4,8 @@ Each rule is a function ``(GraphIndex) -> Iterator[Violation]`` in ``RULES``; ``
 runs them all. The rules follow NVIDIA's guidance (see DEPLOY_NOTES.md): opset >= 17; activation
 Q/DQ per tensor with an int8 zero point of 0 and a constant positive scale; weights as int8
 initializers -> DequantizeLinear(axis=0); no Q/DQ feeding PReLU; one DequantizeLinear per consumer;
-a dynamic batch dimension.
+a dynamic batch dimension. Custom-domain nodes (``qfsdk::FakeQuantize`` from ``convert --int6-plugin``)
+are accepted as TensorRT plugin layers when they carry ``plugin_namespace`` and ``plugin_version``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from qfsdk.errors import QfsdkError
 
 MIN_OPSET = 17
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+STANDARD_DOMAINS = ("", "ai.onnx")
+PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")  # how TensorRT's ONNX parser finds a plugin
 WEIGHTED_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
 
 
@@ -174,6 +177,20 @@ def rule_dynamic_batch(index: GraphIndex) -> Iterator[Violation]:
             yield Violation(value.name, "dynamic-batch", f"input '{value.name}' has a fixed batch size {dims[0].dim_value}; export with a dynamic batch axis")
 
 
+def rule_plugin_nodes(index: GraphIndex) -> Iterator[Violation]:
+    for node in index.nodes:
+        if node.domain in STANDARD_DOMAINS:
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        missing = [name for name in PLUGIN_ATTRIBUTES if not attributes.get(name)]
+        if missing:
+            yield Violation(_name(node), "plugin-attributes",
+                            f"custom op {node.domain}::{node.op_type} lacks {' and '.join(missing)}; TensorRT looks "
+                            "plugins up by op type, plugin_namespace and plugin_version")
+        if node.op_type == "FakeQuantize" and not attributes.get("scale", 0) > 0:
+            yield Violation(_name(node), "positive-scale", "FakeQuantize scale is missing or <= 0")
+
+
 RULES: dict[str, Callable[[GraphIndex], Iterator[Violation]]] = {
     "opset": rule_opset,
     "qdq-parameters": rule_qdq_parameters,
@@ -183,6 +200,7 @@ RULES: dict[str, Callable[[GraphIndex], Iterator[Violation]]] = {
     "prelu": rule_no_qdq_into_prelu,
     "one-dq-per-consumer": rule_one_dq_per_consumer,
     "dynamic-batch": rule_dynamic_batch,
+    "plugin-nodes": rule_plugin_nodes,
 }
 
 

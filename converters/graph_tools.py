@@ -83,3 +83,66 @@ def split_shared_qdq(proto: onnx.ModelProto) -> None:
                     user.input[i] = dq_copy.output[0]
     del graph.node[:]
     graph.node.extend(new_nodes)
+
+
+def fold_batchnorm_into_weights(proto: onnx.ModelProto) -> int:
+    """Fold ``BatchNormalization`` that follows a Conv/Gemm with int8 per-channel symmetric weights.
+
+    ``bn(conv(x, q * s) + b) = conv(x, sign(a) q * |a| s) + (b - mean) a + beta`` with
+    ``a = gamma / sqrt(var + eps)``: the int8 codes only change sign, so the weights stay on
+    their grid and the result is exact up to float rounding. Returns the number folded.
+    """
+    import numpy as np
+
+    graph = proto.graph
+    inits = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def array(name: str):
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    removed: set[int] = set()
+    folded = 0
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        layer = producers.get(bn.input[0])
+        if layer is None or layer.op_type not in ("Conv", "Gemm") or len(consumers.get(layer.output[0], [])) != 1:
+            continue
+        if layer.op_type == "Gemm" and any(a.name == "transB" and a.i != 1 for a in layer.attribute):
+            continue
+        dq = producers.get(layer.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(consumers.get(dq.output[0], [])) != 1:
+            continue
+        codes, scale = array(dq.input[0]), array(dq.input[1])
+        zero_point = array(dq.input[2]) if len(dq.input) > 2 else None
+        stats = [array(name) for name in bn.input[1:5]]
+        if codes is None or scale is None or any(s is None for s in stats) or (zero_point is not None and zero_point.any()):
+            continue
+        if scale.size != codes.shape[0] or len(consumers.get(dq.input[0], [])) != 1:
+            continue
+        gamma, beta, mean, var = (s.astype(np.float64) for s in stats)
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        factor = gamma / np.sqrt(var + eps)
+        sign = np.where(factor < 0, -1, 1).astype(np.int8).reshape((-1,) + (1,) * (codes.ndim - 1))
+        bias = array(layer.input[2]).astype(np.float64) if len(layer.input) > 2 and layer.input[2] else np.zeros_like(mean)
+        inits[dq.input[0]].CopyFrom(numpy_helper.from_array((codes * sign).astype(np.int8), dq.input[0]))
+        inits[dq.input[1]].CopyFrom(numpy_helper.from_array((scale * np.abs(factor)).astype(np.float32), dq.input[1]))
+        bias_name = f"{layer.name or layer.output[0]}_folded_bias"
+        graph.initializer.append(numpy_helper.from_array(((bias - mean) * factor + beta).astype(np.float32), bias_name))
+        inits[bias_name] = graph.initializer[-1]
+        if len(layer.input) > 2:
+            layer.input[2] = bias_name
+        else:
+            layer.input.append(bias_name)
+        layer.output[0] = bn.output[0]
+        removed.add(id(bn))
+        folded += 1
+    kept = [node for node in graph.node if id(node) not in removed]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return folded

@@ -4,6 +4,10 @@ The placement is the model's own (its quantizers); the target decides the quanti
 ``tensorrt`` needs symmetric int8 (zero point 0), so asymmetric (QuantFace) quantizers are
 widened to symmetric ones first; ``onnxruntime`` and ``openvino`` run nonzero zero points, so
 QuantFace models export exactly.
+
+``act_plugin`` writes each sub-8-bit activation quantizer as one ``qfsdk::FakeQuantize`` node
+(TensorRT plugin attributes, plus a model-local ONNX function so ONNX Runtime runs it) instead of
+Clip + int8 Q/DQ: exact k-bit semantics for accuracy studies, at the cost of TensorRT's Q/DQ fusion.
 """
 
 from __future__ import annotations
@@ -27,14 +31,23 @@ from qfsdk.quant.fake_quant import fake_quant_asymmetric
 from qfsdk.quant.modules import ActQuantizer, QuantPReLU, WeightQuantizer
 from qfsdk.runtime.files import atomic_output
 
-from .graph_tools import bypass_identities, constants_to_initializers, remove_unused_initializers, split_shared_qdq
+from .graph_tools import (
+    bypass_identities,
+    constants_to_initializers,
+    fold_batchnorm_into_weights,
+    remove_unused_initializers,
+    split_shared_qdq,
+)
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, add_metadata
 from .qdq_forms import (
+    ActForm,
     FloatConstant,
     WeightDQ,
+    act_plugin,
     act_qdq,
     asymmetric_act_form,
     asymmetric_weight_form,
+    attach_plugin_reference,
     symmetric_act_form,
     symmetric_weight_form,
 )
@@ -81,14 +94,22 @@ def is_symmetric(model: nn.Module) -> bool:
     return all(m.symmetric for m in model.modules() if isinstance(m, (ActQuantizer, WeightQuantizer)))
 
 
-def _act_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
-    if not bool(self.has_range):
+def _act_form(quantizer: ActQuantizer) -> ActForm:
+    if not bool(quantizer.has_range):
         raise QfsdkError("an activation quantizer has no range: calibrate the model (qfsdk calibrate) before exporting")
-    if self.symmetric:
-        form = symmetric_act_form(float(self.amax), self.bits)
-    else:
-        form = asymmetric_act_form(float(self.x_min), float(self.x_max), self.bits)
-    return act_qdq(x, form)
+    if quantizer.symmetric:
+        return symmetric_act_form(float(quantizer.amax), quantizer.bits)
+    return asymmetric_act_form(float(quantizer.x_min), float(quantizer.x_max), quantizer.bits)
+
+
+def _act_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
+    return act_qdq(x, _act_form(self))
+
+
+def _act_plugin_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
+    """Sub-8-bit: one ``qfsdk::FakeQuantize`` node; 8-bit keeps its Q/DQ pair."""
+    form = _act_form(self)
+    return act_plugin(x, form) if self.bits < 8 else act_qdq(x, form)
 
 
 def _weight_export_forward(self: WeightQuantizer, weight: torch.Tensor) -> torch.Tensor:
@@ -114,11 +135,12 @@ EXPORT_FORWARDS: dict[type, Callable] = {
 
 
 @contextlib.contextmanager
-def export_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Route every quantizer through its Q/DQ form for the duration of an export."""
+def export_mode(model: nn.Module, act_plugin: bool = False) -> Iterator[nn.Module]:
+    """Route every quantizer through its Q/DQ (or, with ``act_plugin``, FakeQuantize) form during an export."""
+    forwards = {**EXPORT_FORWARDS, ActQuantizer: _act_plugin_export_forward} if act_plugin else EXPORT_FORWARDS
     patched = []
     for module in model.modules():
-        forward = EXPORT_FORWARDS.get(type(module))
+        forward = forwards.get(type(module))
         if forward is not None:
             module.forward = types.MethodType(forward, module)
             patched.append(module)
@@ -138,12 +160,14 @@ def export_quantized(
     architecture: str | None = None,
     opset: int = DEFAULT_OPSET,
     extra_metadata: dict[str, str] | None = None,
+    act_plugin: bool = False,
 ) -> Path:
     """Write a calibrated quantized model to ``path`` as a Q/DQ ONNX graph for ``target``; atomic.
 
     The graph has a dynamic batch dimension, per-channel int8 weight initializers and constant
     per-tensor activation scales; the model contract and quantization settings are stored in its
-    metadata.
+    metadata. ``act_plugin``: sub-8-bit activation quantizers become ``qfsdk::FakeQuantize`` nodes
+    (see the module docstring).
     """
     spec = get_target(target)
     config = quant_config_of(model)
@@ -158,7 +182,7 @@ def export_quantized(
     example = torch.zeros(1, 3, *contract.input_size)
     path = Path(path)
     try:
-        with atomic_output(path) as tmp, export_mode(model), warnings.catch_warnings():
+        with atomic_output(path) as tmp, export_mode(model, act_plugin), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notices
             torch.onnx.export(
                 model,
@@ -174,7 +198,9 @@ def export_quantized(
             constants_to_initializers(proto)
             bypass_identities(proto)
             split_shared_qdq(proto)
+            fold_batchnorm_into_weights(proto)
             remove_unused_initializers(proto)
+            attach_plugin_reference(proto, opset)
             metadata = {"qfsdk.target": spec.name, **quantization_metadata(model), **(extra_metadata or {})}
             add_metadata(proto, contract, architecture, metadata)
             onnx.checker.check_model(proto)

@@ -5,7 +5,10 @@ writes as Q/DQ; weights through a small autograd Function whose ``symbolic`` emi
 Every scale and zero point is a constant.
 
 Activations (per tensor): ``[Clip] -> QuantizeLinear(int8) -> DequantizeLinear``. Sub-8-bit
-activations clip to their sub-range first, so the int8 codes stay on the k-bit grid.
+activations clip to their sub-range first, so the int8 codes stay on the k-bit grid. Alternatively
+(``act_plugin``) a sub-8-bit activation quantizer is one custom node ``qfsdk::FakeQuantize`` with the
+TensorRT plugin attributes; a model-local ONNX function of the same name gives ONNX Runtime its
+reference body, so the file runs unchanged on CPU (simulation only: TensorRT cannot fuse it).
 Weights (per output channel): the integer codes are computed here and stored as an int8
 initializer followed by ``DequantizeLinear(axis=0)``.
 
@@ -18,11 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
+from onnx import helper
+from torch.onnx import register_custom_op_symbolic, symbolic_helper
 
 from qfsdk.quant.fake_quant import asymmetric_params, per_channel_amax, per_channel_min_max, signed_range, symmetric_scale
 
 INT8_MIN, INT8_MAX = -128, 127
+PLUGIN_DOMAIN = "qfsdk"  # ONNX domain and TensorRT plugin namespace
+PLUGIN_OP = "FakeQuantize"
+PLUGIN_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -136,3 +145,69 @@ class FloatConstant(torch.autograd.Function):
     @staticmethod
     def symbolic(g, weight, value: np.ndarray):
         return g.op("Constant", value_t=torch.from_numpy(value.copy()))
+
+
+@torch.library.custom_op("qfsdk::fake_quantize", mutates_args=())
+def fake_quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+    """``(clamp(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale``, rounding half to even."""
+    return (torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale
+
+
+@symbolic_helper.parse_args("v", "f", "i", "i", "i")
+def _fake_quantize_symbolic(g, x, scale: float, zero_point: int, qmin: int, qmax: int):
+    return g.op(
+        f"{PLUGIN_DOMAIN}::{PLUGIN_OP}", x, scale_f=scale, zero_point_i=zero_point, qmin_i=qmin, qmax_i=qmax,
+        plugin_namespace_s=PLUGIN_DOMAIN, plugin_version_s=PLUGIN_VERSION,
+    ).setType(x.type())
+
+
+# A torch.library op plus a registered symbolic: an autograd Function with a symbolic crashes the
+# TorchScript exporter's peephole pass ("Argument passed to at() was not in the map").
+register_custom_op_symbolic("qfsdk::fake_quantize", _fake_quantize_symbolic, 1)
+
+
+def act_plugin(x: torch.Tensor, form: ActForm) -> torch.Tensor:
+    """One ``qfsdk::FakeQuantize`` node (exact k-bit fake quantization) in the exported graph."""
+    return torch.ops.qfsdk.fake_quantize(x, form.scale, form.zero_point, form.qmin, form.qmax)
+
+
+def fake_quantize_function(opset: int) -> onnx.FunctionProto:
+    """The reference body of ``qfsdk::FakeQuantize`` as a model-local function (Div/Round/Add/Clip/Sub/Mul)."""
+
+    def attribute_constant(output: str, attribute: str, kind: str, type_: int) -> onnx.NodeProto:
+        node = helper.make_node("Constant", [], [output])
+        node.attribute.append(onnx.AttributeProto(name=kind, ref_attr_name=attribute, type=type_))
+        return node
+
+    nodes = [
+        attribute_constant("scale_f", "scale", "value_float", onnx.AttributeProto.FLOAT),
+        attribute_constant("zero_point_i", "zero_point", "value_int", onnx.AttributeProto.INT),
+        attribute_constant("qmin_i", "qmin", "value_int", onnx.AttributeProto.INT),
+        attribute_constant("qmax_i", "qmax", "value_int", onnx.AttributeProto.INT),
+        helper.make_node("CastLike", ["scale_f", "x"], ["scale"]),
+        helper.make_node("CastLike", ["zero_point_i", "x"], ["zero_point"]),
+        helper.make_node("CastLike", ["qmin_i", "x"], ["qmin"]),
+        helper.make_node("CastLike", ["qmax_i", "x"], ["qmax"]),
+        helper.make_node("Div", ["x", "scale"], ["scaled"]),
+        helper.make_node("Round", ["scaled"], ["rounded"]),
+        helper.make_node("Add", ["rounded", "zero_point"], ["shifted"]),
+        helper.make_node("Clip", ["shifted", "qmin", "qmax"], ["codes"]),
+        helper.make_node("Sub", ["codes", "zero_point"], ["centred"]),
+        helper.make_node("Mul", ["centred", "scale"], ["y"]),
+    ]
+    return helper.make_function(
+        PLUGIN_DOMAIN, PLUGIN_OP, ["x"], ["y"], nodes, [helper.make_opsetid("", opset)],
+        attributes=["scale", "zero_point", "qmin", "qmax", "plugin_namespace", "plugin_version"],
+    )
+
+
+def is_plugin_node(node: onnx.NodeProto) -> bool:
+    return node.op_type == PLUGIN_OP and node.domain == PLUGIN_DOMAIN
+
+
+def attach_plugin_reference(proto: onnx.ModelProto, opset: int) -> None:
+    """Give ``proto`` the FakeQuantize reference function (and the ``qfsdk`` opset) if it uses the op."""
+    if any(is_plugin_node(n) for n in proto.graph.node):
+        proto.functions.append(fake_quantize_function(opset))
+        if not any(o.domain == PLUGIN_DOMAIN for o in proto.opset_import):
+            proto.opset_import.append(helper.make_opsetid(PLUGIN_DOMAIN, 1))

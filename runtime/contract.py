@@ -13,6 +13,8 @@ from typing import Any, Mapping
 import numpy as np
 
 DISTANCES = ("cosine", "euclidean")
+# Which way the alignment's least-squares similarity is fitted (see qfsdk.runtime.align).
+TEMPLATE_FITS = ("landmarks_to_template", "template_to_landmarks")
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,10 @@ class FaceContract:
 
     Pixels are normalised per channel as ``(pixel - mean) / std`` with ``pixel`` in 0..255,
     in ``channel_order``, laid out NCHW.
+
+    ``template`` holds the five landmark positions (x, y) in the model input's pixel coordinates
+    (pixel centres at integers) that full images are warped to; ``template_fit`` says in which
+    direction the similarity transform is fitted (:mod:`qfsdk.runtime.align`).
     """
 
     input_size: tuple[int, int]
@@ -31,6 +37,8 @@ class FaceContract:
     alignment: str = "arcface_5pt"
     distance: str = "cosine"
     threshold: float | None = None
+    template: tuple[tuple[float, float], ...] | None = None
+    template_fit: str = "landmarks_to_template"
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
@@ -39,6 +47,10 @@ class FaceContract:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError("mean and std need three values each, std > 0")
+        if self.template is not None and (len(self.template) != 5 or any(len(p) != 2 for p in self.template)):
+            raise ValueError(f"template needs five (x, y) points, got {self.template!r}")
+        if self.template_fit not in TEMPLATE_FITS:
+            raise ValueError(f"template_fit must be one of {TEMPLATE_FITS}, got {self.template_fit!r}")
 
     @property
     def height(self) -> int:
@@ -81,6 +93,8 @@ class FaceContract:
         for key in ("input_size", "mean", "std"):
             if key in values:
                 values[key] = tuple(values[key])
+        if values.get("template") is not None:
+            values["template"] = tuple(tuple(point) for point in values["template"])
         return cls(**values)
 
     @classmethod

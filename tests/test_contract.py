@@ -50,3 +50,21 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path):
             tmp.write_bytes(b"half")
             raise RuntimeError("export failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_template_round_trips_through_json_and_is_validated():
+    from qfsdk.models import get_spec
+
+    dlib = get_spec("dlib_resnet").contract
+    assert FaceContract.from_json(dlib.to_json()) == dlib
+    assert len(dlib.template) == 5 and dlib.template_fit == "template_to_landmarks"
+    assert get_spec("iresnet50").contract.template[0] == (38.2946, 51.6963)
+    with pytest.raises(ValueError, match="five"):
+        FaceContract(input_size=(4, 4), embedding_size=8, template=((1.0, 2.0),))
+    with pytest.raises(ValueError, match="template_fit"):
+        FaceContract(input_size=(4, 4), embedding_size=8, template_fit="sideways")
+
+
+def test_contract_without_template_still_parses():
+    legacy = {k: v for k, v in ARCFACE.to_dict().items() if k not in ("template", "template_fit")}
+    assert FaceContract.from_dict(legacy).template is None

@@ -67,22 +67,38 @@ def exports(tmp_path_factory):
         with torch.no_grad():
             torch_out = quantized(x).numpy()
             float64_out = copy.deepcopy(quantized).double()(x.double()).float().numpy()
+            float_out = model(x).numpy()
+        ort_out = run_ort(output, x.numpy())
         results[arch, bits] = {
             "onnx": output,
             "summary": result.output,
-            "parity": cosines(torch_out, run_ort(output, x.numpy())).min(),
+            "pretrained": arch == "dlib_resnet",
+            "parity": cosines(torch_out, ort_out).min(),
+            "mean_parity": cosines(torch_out, ort_out).mean(),
             # How far float32 rounding alone moves this quantized model (float64 vs float32 PyTorch):
             # low-bit models flip a few rounding decisions, and no runtime can do better than that.
             "noise_floor": cosines(torch_out, float64_out).min(),
+            "torch_vs_float": cosines(torch_out, float_out).mean(),
+            "onnx_vs_float": cosines(ort_out, float_out).mean(),
         }
     return results
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{a}-{b}" for a, b in CASES])
 def test_onnx_runtime_matches_pytorch_quantized_model(exports, case):
+    """Exact up to float32 rounding: per-sample cosine >= 0.9999 where the model's own noise floor allows it.
+
+    Random-weight networks amplify a flipped rounding decision (their noise floor drops to 0.99 at
+    W6A6), so for them the deployed file must keep the PyTorch model's fidelity to the float model.
+    """
     result = exports[case]
-    assert result["parity"] >= PARITY or result["parity"] >= result["noise_floor"] - 5e-3, result
     assert "qfsdk check:  passes" in result["summary"]
+    if result["parity"] >= PARITY:
+        return
+    if result["pretrained"]:
+        assert result["parity"] >= result["noise_floor"] - 1e-3, result
+    else:
+        assert result["mean_parity"] >= 0.99 and result["onnx_vs_float"] >= result["torch_vs_float"] - 2e-3, result
 
 
 def test_exported_graph_follows_tensorrt_rules(exports):

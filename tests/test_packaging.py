@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +57,33 @@ print("ok", out.shape)
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_embedder_and_embed_command_run_without_torch(dlib_fp32_onnx, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.full((150, 150, 3), 128, np.uint8)).save(tmp_path / "face.png")
+    out = tmp_path / "emb.npz"
+    code = BLOCK_TORCH + f"""
+import numpy as np
+from qfsdk.runtime import Embedder
+with Embedder({str(dlib_fp32_onnx)!r}, "onnxruntime", flip=True, normalize=True) as embedder:
+    crops = np.zeros((2, *embedder.contract.input_size, 3), np.uint8)
+    assert embedder.embed(crops).shape == (2, embedder.contract.embedding_size)
+    warped = embedder.embed([np.zeros((300, 200, 3), np.uint8)], landmarks=np.asarray([embedder.contract.template]))
+    assert warped.shape == (1, embedder.contract.embedding_size)
+from qfsdk.cli import main
+sys.argv = ["qfsdk", "embed", {str(dlib_fp32_onnx)!r}, {str(tmp_path / "face.png")!r}, "--backend", "onnxruntime", "-o", {str(out)!r}]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+assert "torch" not in sys.modules
+print("ok")
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok") and np.load(out)["embeddings"].shape == (1, 128)
 
 
 @pytest.mark.parametrize("args", [["--version"], ["doctor"]])

@@ -24,6 +24,12 @@ COMMANDS: dict[str, str] = {
     "synth": "qfsdk.cli.synth_cmd:synth",
     "calibrate": "qfsdk.cli.calibrate_cmd:calibrate",
     "qat": "qfsdk.cli.qat_cmd:qat",
+    "convert": "qfsdk.cli.convert_cmd:convert",
+    "check": "qfsdk.cli.check_cmd:check",
+    "embed": "qfsdk.cli.embed_cmd:embed",
+    "build": "qfsdk.cli.build_cmd:build",
+    "bench": "qfsdk.cli.bench_cmd:bench",
+    "eval": "qfsdk.cli.eval_cmd:eval_command",
 }
 
 

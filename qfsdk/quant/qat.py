@@ -114,6 +114,8 @@ class QATRun:
         if images.ndim != 4 or len(images) == 0:
             raise ConfigError(f"QAT needs preprocessed images shaped (N, 3, H, W), got {tuple(images.shape)}")
         self.device = torch.device(device) if device is not None else default_device()
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.rank, self.world = distributed_context()

@@ -1,0 +1,142 @@
+"""What ``qfsdk eval`` can evaluate, and one registry that loads each kind.
+
+A model spec is one of:
+
+* a zoo name (``dlib_resnet``): the float model, pretrained where weights are installed;
+* ``NAME=PATH``: zoo architecture ``NAME`` with a float checkpoint (``.pth``/``.safetensors``/native);
+* a qfsdk quantized checkpoint (``.safetensors`` written by ``qfsdk calibrate``/``qat``);
+* an ONNX file or a TensorRT engine, run through :class:`qfsdk.runtime.Embedder`.
+
+Every kind becomes a :class:`LoadedModel` whose ``embed`` maps uint8 RGB crops (N, H, W, 3)
+to raw float32 embeddings (N, D); the protocol code adds flips and normalisation itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from qfsdk.errors import QfsdkError
+from qfsdk.runtime.contract import FaceContract
+from qfsdk.runtime.metadata import ENGINE_SUFFIXES
+
+DEFAULT_BATCH_SIZE = 32
+
+
+class FaceEmbedder(Protocol):
+    """Anything with a preprocessing contract that embeds aligned uint8 RGB crops."""
+
+    contract: FaceContract
+
+    def embed(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+class TorchEmbedder:
+    """A PyTorch face model (float or fake-quantized) as a :class:`FaceEmbedder`."""
+
+    def __init__(self, module: Any, batch_size: int = DEFAULT_BATCH_SIZE):
+        self.module = module.eval()
+        self.contract: FaceContract = module.contract
+        self.batch_size = batch_size
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        import torch
+
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(crops), self.batch_size):
+                batch = torch.from_numpy(self.contract.preprocess(crops[start : start + self.batch_size]))
+                outputs.append(self.module(batch).float().numpy())
+        return np.concatenate(outputs)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to embed; ``module`` is the torch model (None for runtime artifacts)."""
+
+    label: str
+    kind: str
+    embedder: FaceEmbedder
+    module: Any = None
+
+    @property
+    def contract(self) -> FaceContract:
+        return self.embedder.contract
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        return np.asarray(self.embedder.embed(np.ascontiguousarray(crops)), dtype=np.float32)
+
+
+def _zoo(spec: str, batch_size: int) -> LoadedModel:
+    from qfsdk.models import create
+
+    return _torch_model(spec, "float", create(spec), batch_size)
+
+
+def _float_checkpoint(spec: str, batch_size: int) -> LoadedModel:
+    from qfsdk.models import create
+
+    name, _, path = spec.partition("=")
+    if not Path(path).is_file():
+        raise QfsdkError(f"{spec}: no such checkpoint file {path!r}")
+    return _torch_model(f"{name}={Path(path).name}", "float", create(name, weights=path), batch_size)
+
+
+def _quantized(spec: str, batch_size: int) -> LoadedModel:
+    from qfsdk.errors import CheckpointError
+    from qfsdk.quant import load
+
+    try:
+        module = load(spec)
+    except CheckpointError as exc:
+        raise QfsdkError(f"{exc}; for a float checkpoint write NAME={spec} (e.g. iresnet50={spec})") from None
+    return _torch_model(Path(spec).name, "quantized", module, batch_size)
+
+
+def _runtime(spec: str, batch_size: int) -> LoadedModel:
+    if not Path(spec).is_file():
+        raise QfsdkError(f"{spec}: no such file")
+    from qfsdk.runtime import Embedder
+
+    try:
+        embedder = Embedder(spec, backend="auto", batch_size=batch_size, flip=False, normalize=False)
+    except ValueError as exc:  # no contract in the file, input shape not the contract's
+        raise QfsdkError(str(exc)) from None
+    return LoadedModel(Path(spec).name, "runtime", embedder)
+
+
+def _torch_model(label: str, kind: str, module: Any, batch_size: int) -> LoadedModel:
+    return LoadedModel(label, kind, TorchEmbedder(module, batch_size), module)
+
+
+# kind -> loader(spec, batch_size); the single place a model kind is added.
+LOADERS: dict[str, Callable[[str, int], LoadedModel]] = {
+    "zoo": _zoo,
+    "float": _float_checkpoint,
+    "quantized": _quantized,
+    "runtime": _runtime,
+}
+SUFFIX_KINDS = {".safetensors": "quantized", ".onnx": "runtime", **{suffix: "runtime" for suffix in ENGINE_SUFFIXES}}
+
+
+def model_kind(spec: str) -> str:
+    """Which loader ``spec`` needs (see the module docstring)."""
+    if "=" in spec:
+        return "float"
+    kind = SUFFIX_KINDS.get(Path(spec).suffix.lower())
+    if kind is not None:
+        return kind
+    if Path(spec).is_file():
+        raise QfsdkError(
+            f"{spec}: unknown model file type; use a quantized .safetensors, .onnx, a TensorRT engine "
+            f"({', '.join(s for s, k in SUFFIX_KINDS.items() if k == 'runtime')}) or NAME=PATH for a float checkpoint"
+        )
+    return "zoo"
+
+
+def load_model(spec: str, batch_size: int = DEFAULT_BATCH_SIZE) -> LoadedModel:
+    """Load ``spec`` with the loader of its kind."""
+    return LOADERS[model_kind(spec)](spec, batch_size)

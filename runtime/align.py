@@ -1,0 +1,105 @@
+"""Five-point face alignment: warp a full image to a model's template (pure numpy).
+
+The C runtime replicates this algorithm; keep the two in step. Exactly:
+
+1. **Fit** (float64). A least-squares similarity (scale, rotation, translation; no reflection)
+   between the 5 landmarks ``L`` (image pixels) and the contract's ``template`` ``T`` (output
+   pixels). With ``P``, ``Q`` the source and target points centred on their means ``p``, ``q``::
+
+       n = sum(|P_i|^2);  a = sum(P_i.x*Q_i.x + P_i.y*Q_i.y) / n;  b = sum(P_i.x*Q_i.y - P_i.y*Q_i.x) / n
+       A = [[a, -b], [b, a]];  c = q - A p            (maps source -> target; Umeyama without reflection)
+
+   ``template_fit == "landmarks_to_template"`` (insightface) fits ``L -> T`` and inverts it:
+   ``M = A^-1``, ``t = -A^-1 c``. ``"template_to_landmarks"`` (dlib) fits ``T -> L``: ``M = A``,
+   ``t = c``. Either way, output pixel (u, v) = (column, row) samples the image at
+   ``M @ (u, v) + t``. Pixel centres are at integer coordinates.
+2. **Pyramid** (float32). While ``s = sqrt(|det M|) >= 2`` and the image has at least 2 rows and
+   2 columns: halve the image (drop an odd last row
+   or column; each new pixel = ``((p[2y,2x] + p[2y,2x+1]) + (p[2y+1,2x] + p[2y+1,2x+1])) * 0.25``),
+   then ``M = M / 2`` and ``t = (t - 0.5) / 2``.
+3. **Sample** (float32). ``x, y`` = the float64 coordinates rounded to float32; ``x0 = floor(x)``,
+   ``fx = x - x0`` (likewise y); bilinear
+   ``((p00*(1-fx)*(1-fy) + p01*fx*(1-fy)) + p10*(1-fx)*fy) + p11*fx*fy`` where ``p01`` is the pixel
+   at (x0+1, y0) and a neighbour outside the image counts as 0 (constant-0 border).
+4. **Round** half up to uint8: ``clip(floor(value + 0.5), 0, 255)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+Points = Sequence[Sequence[float]] | np.ndarray
+
+
+def fit_similarity(source: Points, target: Points) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarity ``(A, c)`` with ``target ~= source @ A.T + c`` (float64, no reflection)."""
+    src = np.asarray(source, np.float64)
+    dst = np.asarray(target, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2:
+        raise ValueError(f"expected two matching (K, 2) point sets, got {src.shape} and {dst.shape}")
+    if not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        raise ValueError("landmarks must be finite numbers")
+    p, q = src.mean(axis=0), dst.mean(axis=0)
+    P, Q = src - p, dst - q
+    n = float((P**2).sum())
+    if n == 0.0:
+        raise ValueError("landmarks are all at one point: cannot align")
+    a = float((P[:, 0] * Q[:, 0] + P[:, 1] * Q[:, 1]).sum()) / n
+    b = float((P[:, 0] * Q[:, 1] - P[:, 1] * Q[:, 0]).sum()) / n
+    A = np.array([[a, -b], [b, a]])
+    return A, q - A @ p
+
+
+def output_to_image(landmarks: Points, template: Points, fit: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(M, t)``: output pixel (u, v) lies at ``M @ (u, v) + t`` in the image (step 1)."""
+    if fit == "landmarks_to_template":
+        A, c = fit_similarity(landmarks, template)
+        M = np.linalg.inv(A)
+        return M, -M @ c
+    if fit == "template_to_landmarks":
+        return fit_similarity(template, landmarks)
+    raise ValueError(f"unknown template_fit {fit!r}")
+
+
+def _halve(image: np.ndarray) -> np.ndarray:
+    """One pyramid level: 2x2 means (step 2)."""
+    h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
+    im = image[:h, :w]
+    return ((im[0::2, 0::2] + im[0::2, 1::2]) + (im[1::2, 0::2] + im[1::2, 1::2])) * np.float32(0.25)
+
+
+def _sample(image: np.ndarray, M: np.ndarray, t: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear samples at ``M @ (u, v) + t`` with a constant-0 border (step 3)."""
+    height, width = size
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    x = (M[0, 0] * u + M[0, 1] * v + t[0]).astype(np.float32)
+    y = (M[1, 0] * u + M[1, 1] * v + t[1]).astype(np.float32)
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+    rows, cols = image.shape[:2]
+
+    def pixel(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+        inside = ((yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols))[..., None]
+        return np.where(inside, image[yy.clip(0, rows - 1), xx.clip(0, cols - 1)], np.float32(0))
+
+    one = np.float32(1)
+    return (
+        (pixel(y0, x0) * ((one - fx) * (one - fy)) + pixel(y0, x0 + 1) * (fx * (one - fy)))
+        + pixel(y0 + 1, x0) * ((one - fx) * fy)
+    ) + pixel(y0 + 1, x0 + 1) * (fx * fy)
+
+
+def warp_face(
+    image: np.ndarray, landmarks: Points, template: Points, size: tuple[int, int], fit: str = "landmarks_to_template"
+) -> np.ndarray:
+    """Align one uint8 RGB image (H, W, 3) to ``template``; returns a uint8 (size[0], size[1], 3) crop."""
+    M, t = output_to_image(landmarks, template, fit)
+    pixels = image.astype(np.float32)
+    while np.sqrt(abs(np.linalg.det(M))) >= 2 and min(pixels.shape[:2]) >= 2:
+        pixels = _halve(pixels)
+        M, t = M / 2, (t - 0.5) / 2
+    sampled = _sample(pixels, M, t, size)
+    return np.clip(np.floor(sampled + np.float32(0.5)), 0, 255).astype(np.uint8)

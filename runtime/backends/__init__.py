@@ -1,0 +1,51 @@
+"""Backend registry: name -> implementation, imported only when chosen."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+from qfsdk.errors import ConfigError
+
+from ..metadata import ENGINE_SUFFIXES
+from .base import Backend
+
+log = logging.getLogger(__name__)
+
+# name -> "module:class"; the single place a backend is added.
+BACKENDS: dict[str, str] = {
+    "onnxruntime": "qfsdk.runtime.backends.ort:OrtBackend",
+    "openvino": "qfsdk.runtime.backends.ov:OpenVinoBackend",
+    "tensorrt": "qfsdk.runtime.backends.trt:TensorRTBackend",
+}
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def choose_backend(path: str | Path) -> str:
+    """``auto``: tensorrt for an engine; onnxruntime on a GPU it can use; openvino on x86; else onnxruntime."""
+    if Path(path).suffix.lower() in ENGINE_SUFFIXES:
+        return "tensorrt"
+    from .ort import gpu_providers
+
+    if gpu_providers():
+        return "onnxruntime"
+    if platform.machine().lower() in X86 and importlib.util.find_spec("openvino") is not None:
+        return "openvino"
+    return "onnxruntime"
+
+
+def open_backend(path: str | Path, name: str = "auto", *, threads: int | None = None, **options: Any) -> Backend:
+    """Open model ``path`` on backend ``name`` (``auto`` or a key of :data:`BACKENDS`)."""
+    if name == "auto":
+        name = choose_backend(path)
+        log.info("backend auto -> %s for %s", name, path)
+    target = BACKENDS.get(name)
+    if target is None:
+        raise ConfigError(f"unknown backend {name!r}; choose auto or one of {sorted(BACKENDS)}")
+    module_name, attr = target.split(":")
+    backend_class = getattr(importlib.import_module(module_name), attr)
+    return backend_class(path, threads=threads, **options)

@@ -1,0 +1,52 @@
+"""OpenVINO: reads the same (Q/DQ) ONNX file; int8 kernels on Intel/AMD x86 CPUs, Intel iGPUs."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import numpy as np
+
+from .base import Backend, dims, import_optional
+
+HINTS = ("LATENCY", "THROUGHPUT")
+
+
+class OpenVinoBackend(Backend):
+    """A compiled model with a pool of infer requests (one per concurrent caller)."""
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, hint: str = "LATENCY", device: str = "CPU",
+                 precision: str | None = None) -> None:
+        """``hint``: LATENCY or THROUGHPUT; ``precision``: float precision of non-int8 layers
+        (``f32``, ``bf16``, ``f16``; default: OpenVINO's, which is bf16 on CPUs with AMX/AVX512-BF16)."""
+        ov = import_optional("openvino", "openvino", "openvino", "the openvino backend")
+        if hint.upper() not in HINTS:
+            raise ValueError(f"OpenVINO hint must be one of {HINTS}, got {hint!r}")
+        config: dict[str, object] = {"PERFORMANCE_HINT": hint.upper()}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        core = ov.Core()
+        model = core.read_model(str(path))
+        self.input_shape = dims([d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()])
+        self.max_batch = self.input_shape[0]
+        self._compiled = core.compile_model(model, device, config)
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            request = self._idle.get_nowait()
+        except queue.Empty:
+            request = self._compiled.create_infer_request()
+        try:
+            request.infer({0: batch})
+            return np.array(request.get_output_tensor(0).data, np.float32)
+        finally:
+            self._idle.put(request)
+
+    def close(self) -> None:
+        self._idle = queue.SimpleQueue()
+        self._compiled = None

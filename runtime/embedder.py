@@ -1,0 +1,136 @@
+"""``Embedder``: face images in, float32 embeddings out, on any backend, without torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .align import warp_face
+from .backends import open_backend
+from .contract import FaceContract
+from .metadata import read_contract
+
+Images = np.ndarray | Sequence[np.ndarray]
+
+
+class Embedder:
+    """Embed faces with a model file (ONNX, or a TensorRT engine with its sidecar).
+
+    The preprocessing contract (input size, mean/std, channel order, alignment template) is
+    read from the model file. ``flip`` adds the embedding of the mirrored face (insightface's
+    flip-sum); ``normalize`` L2-normalises each embedding (after the flip-sum). ``backend_options``
+    go to the backend (e.g. ``{"hint": "THROUGHPUT"}`` for openvino, ``{"providers": [...]}``
+    for onnxruntime, ``{"plugins": [...]}`` for tensorrt). Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        backend: str = "auto",
+        *,
+        batch_size: int = 32,
+        flip: bool = False,
+        normalize: bool = False,
+        threads: int | None = None,
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model_path = Path(model_path)
+        self.contract: FaceContract = read_contract(self.model_path)
+        self._backend = open_backend(self.model_path, backend, threads=threads, **(backend_options or {}))
+        self.backend_name = self._backend.name
+        expected = (3, *self.contract.input_size)
+        if any(d is not None and d != e for d, e in zip(self._backend.input_shape[1:], expected)):
+            self._backend.close()
+            raise ValueError(f"{model_path}: model input {self._backend.input_shape} does not match its contract's {expected}")
+        max_batch = self._backend.max_batch
+        self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
+        self.flip = flip
+        self.normalize = normalize
+
+    def embed(self, images: Images, landmarks: np.ndarray | Sequence | None = None) -> np.ndarray:
+        """Embeddings (N, D) float32 in input order.
+
+        ``images``: aligned uint8 RGB crops of the model's input size, (H, W, 3), (N, H, W, 3) or a
+        list of (H, W, 3); or, with ``landmarks`` (N, 5, 2) in image pixels (x, y) (or (5, 2) for one
+        image), full uint8 RGB images of any size, warped to the contract's template first.
+        """
+        crops = self._crops(images) if landmarks is None else self._align(images, landmarks)
+        out = np.empty((len(crops), self.contract.embedding_size), np.float32)
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size]
+            emb = self._run(chunk)
+            if self.flip:
+                emb = emb + self._run(chunk[:, :, ::-1])
+            out[start : start + len(chunk)] = emb
+        if self.normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+        return out
+
+    def _run(self, crops: np.ndarray) -> np.ndarray:
+        out = self._backend.run(self.contract.preprocess(crops))
+        if out.shape != (len(crops), self.contract.embedding_size):
+            raise RuntimeError(f"{self.model_path}: backend returned {out.shape}, expected ({len(crops)}, {self.contract.embedding_size})")
+        return out
+
+    def _crops(self, images: Images) -> np.ndarray:
+        """Validated aligned crops as one (N, H, W, 3) uint8 array."""
+        return np.stack([_check_image(im, i, self.contract.input_size) for i, im in enumerate(_as_list(images))])
+
+    def _align(self, images: Images, landmarks: np.ndarray | Sequence) -> np.ndarray:
+        """Warp each full image to the contract's template with its 5 landmarks."""
+        template = self.contract.template
+        if template is None:
+            raise ValueError(f"{self.model_path}: its contract has no alignment template; pass aligned crops instead")
+        items = _as_list(images)
+        points = np.asarray(landmarks, np.float64)
+        if points.shape == (5, 2) and len(items) == 1:
+            points = points[None]
+        if points.shape != (len(items), 5, 2):
+            raise ValueError(f"expected landmarks of shape ({len(items)}, 5, 2) (x, y per point and image), got {points.shape}")
+        size, fit = self.contract.input_size, self.contract.template_fit
+        return np.stack([warp_face(_check_image(im, i), pts, template, size, fit) for i, (im, pts) in enumerate(zip(items, points))])
+
+    def close(self) -> None:
+        """Release the backend."""
+        self._backend.close()
+
+    def __enter__(self) -> "Embedder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _as_list(images: Images) -> list[np.ndarray]:
+    """One image, a batch array or a sequence of images as a non-empty list."""
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4):
+            hint = " (grayscale: convert it to RGB)" if images.ndim == 2 else ""
+            raise ValueError(f"expected an RGB image (H, W, 3) or a batch (N, H, W, 3), got shape {images.shape}{hint}")
+        items = [images] if images.ndim == 3 else list(images)
+    else:
+        items = list(images)
+    if not items:
+        raise ValueError("empty batch: expected at least one image")
+    return items
+
+
+def _check_image(image: np.ndarray, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One uint8 RGB image (H, W, 3) (of ``size`` if given), or a ValueError that says what is wrong."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        raise ValueError(f"image {index}: expected an RGB image (H, W, 3), got a grayscale {image.shape}; convert it to RGB")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image {index}: expected an RGB image (H, W, 3) with 3 channels, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image {index}: expected uint8 pixels 0..255, got {image.dtype}")
+    if size is not None and image.shape[:2] != tuple(size):
+        raise ValueError(
+            f"image {index}: expected an aligned crop of {size[0]}x{size[1]} (the model input, height x width), "
+            f"got {image.shape[0]}x{image.shape[1]}; pass landmarks= to align full images"
+        )
+    return image
