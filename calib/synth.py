@@ -9,7 +9,6 @@ at its first unfinished batch; a rerun whose settings differ is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -27,7 +26,7 @@ from qfsdk.calib.folder import ImageFolderSource
 from qfsdk.calib.inversion import AUTO, InversionSettings, batch_seeds, invert_batch, resolve_method
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime.contract import FaceContract
-from qfsdk.runtime.files import atomic_output
+from qfsdk.runtime.files import atomic_output, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +37,6 @@ FORMAT = "qfsdk-synthetic-faces/1"
 IMAGE_NAME = "{:06d}.png"
 RANDOM_INIT_SEED = 0  # a model without weights is initialised from this seed, so runs are reproducible
 CONTRACT_KEYS = ("input_size", "mean", "std", "channel_order")  # what decides if images fit a model
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load_model(model_name: str, weights: str | Path | None) -> tuple[nn.Module, Path | None]:

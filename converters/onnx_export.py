@@ -37,23 +37,29 @@ def export_float(
     example = torch.zeros(1, 3, *contract.input_size, dtype=torch.float16 if fp16 else torch.float32)
     path = Path(path)
     with atomic_output(path) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-            )
-        proto = onnx.load(str(tmp))
+        proto = torchscript_export(model, example, tmp, opset)
         add_metadata(proto, contract, architecture)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
     return path
+
+
+def torchscript_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> onnx.ModelProto:
+    """Trace ``model`` with the TorchScript exporter (it writes fake-quant ops as Q/DQ with constant
+    scales; the dynamo exporter cannot) into ``path``, dynamic batch; returns the loaded graph."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+    return onnx.load(str(path))
 
 
 def add_metadata(

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import logging
 import types
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -38,7 +37,7 @@ from .graph_tools import (
     remove_unused_initializers,
     split_shared_qdq,
 )
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, add_metadata
+from .onnx_export import DEFAULT_OPSET, add_metadata, torchscript_export
 from .qdq_forms import (
     ActForm,
     FloatConstant,
@@ -115,7 +114,7 @@ def _act_plugin_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Ten
 def _weight_export_forward(self: WeightQuantizer, weight: torch.Tensor) -> torch.Tensor:
     form = symmetric_weight_form(weight, self.bits) if self.symmetric else asymmetric_weight_form(weight, self.bits)
     if form is None:
-        log.warning("a weight tensor has a channel of one sign; its QuantFace values are stored as float")
+        log.info("a %s weight has a channel of one sign: its QuantFace values are stored as float", tuple(weight.shape))
         return FloatConstant.apply(weight, WeightQuantizer.forward(self, weight).detach().numpy())
     return WeightDQ.apply(weight, form)
 
@@ -170,7 +169,7 @@ def export_quantized(
     (see the module docstring).
     """
     spec = get_target(target)
-    config = quant_config_of(model)
+    quant_config_of(model)  # a clear error for a model that was never quantized
     contract = contract or getattr(model, "contract", None)
     architecture = architecture or getattr(model, "arch", None) or type(model).__name__
     if contract is None:
@@ -182,19 +181,8 @@ def export_quantized(
     example = torch.zeros(1, 3, *contract.input_size)
     path = Path(path)
     try:
-        with atomic_output(path) as tmp, export_mode(model, act_plugin), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript exporter deprecation and tracer notices
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                opset_version=opset,
-                dynamo=False,
-            )
-            proto = onnx.load(str(tmp))
+        with atomic_output(path) as tmp, export_mode(model, act_plugin):
+            proto = torchscript_export(model, example, tmp, opset)
             constants_to_initializers(proto)
             bypass_identities(proto)
             split_shared_qdq(proto)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +13,7 @@ from qfsdk.errors import QfsdkError
 from . import cuda
 from .backends.trt import import_tensorrt, load_plugins
 from .engine import EngineInfo, write_engine_info
-from .files import atomic_output
+from .files import atomic_output, sha256_file
 from .metadata import ModelFileError, read_onnx_contract
 
 log = logging.getLogger(__name__)
@@ -23,14 +22,6 @@ log = logging.getLogger(__name__)
 def has_fast_int8(capability: tuple[int, int]) -> bool:
     """dp4a/int8 tensor cores: compute capability 6.1 or >= 7.0 (not Nano 5.3, TX2 6.2, P100 6.0)."""
     return capability == (6, 1) or capability >= (7, 0)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_engine(
@@ -86,7 +77,7 @@ def build_engine(
     if timing_cache:
         with atomic_output(timing_cache) as tmp:
             tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
-    info = EngineInfo(trt.__version__, gpu, capability, str(onnx_path), sha256(onnx_path), max_batch, contract, __version__)
+    info = EngineInfo(trt.__version__, gpu, capability, str(onnx_path), sha256_file(onnx_path), max_batch, contract, __version__)
     write_engine_info(engine_path, info)
     return info
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qfsdk.checkpoints import load_weights
 from qfsdk.errors import CheckpointError, ConfigError
 from qfsdk.models import create, get_spec, names
 

@@ -4,12 +4,11 @@ import copy
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import qfsdk
 from qfsdk.errors import CheckpointError, ConfigError
 from qfsdk.models import create
-from qfsdk.quant import LayerOverride, QuantConfig, preset
+from qfsdk.quant import LayerOverride, preset
 from qfsdk.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, QuantPReLU, QuantResidualAdd
 
 
