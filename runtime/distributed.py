@@ -1,0 +1,282 @@
+"""Gallery-scale embedding on Ray: image files in, a directory of Parquet shards out.
+
+The input files (the sorted walk of ``qfsdk embed``) are cut into fixed shards of ``shard_size``
+files: shard ``i`` holds files ``[i * shard_size, (i + 1) * shard_size)``. Ray Data sends each
+shard that is not yet written to a pool of actors that each hold one :class:`Embedder`; an
+actor decodes and embeds its shard exactly as ``qfsdk embed`` does and writes
+``shard-XXXXX.parquet`` (index, path, embedding) atomically, after the shard's undecodable
+files (path, error) in ``errors/shard-XXXXX.parquet``. A shard file therefore exists only when
+it is complete: a rerun skips it, and a shard whose worker was killed is recomputed (by Ray's
+task retry, or by the rerun), so the union never has duplicates or holes. ``manifest.json``
+pins the model, the inputs and the options that change the result; a rerun that differs is
+refused. On a multi-node cluster the images and the output directory must be on a shared file
+system. Ray and pyarrow are imported only when used (``pip install 'qfsdk[ray]'``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Sequence
+
+import numpy as np
+
+from qfsdk.errors import QfsdkError
+
+from .backends.base import import_optional
+from .batch_embed import embed_files
+from .embedder import Embedder
+from .files import atomic_output, sha256_file
+from .images import UnreadableImage, collect_images, load_rgb
+from .metadata import read_contract
+
+FORMAT = "qfsdk-gallery/1"
+MANIFEST = "manifest.json"
+ERRORS = "errors"
+
+
+@dataclass(frozen=True)
+class GalleryResult:
+    """What a run left in ``out_dir``; ``grayscale`` and ``resized`` count this run's shards only."""
+
+    out_dir: Path
+    images: int
+    embedded: int
+    errors: int
+    shards: int
+    computed: int
+    grayscale: int = 0
+    resized: int = 0
+
+    @property
+    def reused(self) -> int:
+        """Shards already written by an earlier run."""
+        return self.shards - self.computed
+
+    def read(self) -> tuple[list[str], np.ndarray]:
+        """(paths, embeddings (N, D) float32) of every shard, in input order."""
+        return read_gallery(self.out_dir)
+
+    def read_errors(self) -> list[tuple[str, str]]:
+        """(path, error) of every file that could not be decoded, in input order."""
+        return read_gallery_errors(self.out_dir)
+
+
+def embed_gallery(
+    model_path: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    address: str | None = None,
+    actors: int | None = None,
+    shard_size: int = 1000,
+    backend: str = "auto",
+    batch_size: int = 32,
+    flip: bool = False,
+    normalize: bool = False,
+    threads: int = 1,
+    gpus_per_actor: float = 0.0,
+) -> GalleryResult:
+    """Embed the images in ``inputs`` (files, or folders walked in sorted order) into ``out_dir``.
+
+    ``address``: the Ray cluster to use (``"auto"``, ``"ray://host:port"``; None: the instance
+    this process is already connected to, else ``ray.init()``'s default). ``actors``: size of
+    the actor pool (None: the cluster's CPUs / ``threads``, or its GPUs / ``gpus_per_actor``).
+    ``threads``: CPU threads of each actor's backend, also the CPUs Ray reserves for it.
+    """
+    if shard_size < 1 or threads < 1 or gpus_per_actor < 0 or (actors is not None and actors < 1):
+        raise ValueError("shard_size, threads and actors must be >= 1 and gpus_per_actor >= 0")
+    ray = _ray()
+    model_path, out_dir = Path(model_path), Path(out_dir)
+    files = collect_images(inputs)
+    if not files:
+        raise QfsdkError(f"no image files in {', '.join(map(str, inputs))}")
+    paths = [str(p) for p in files]
+    shards = (len(paths) + shard_size - 1) // shard_size
+    manifest = {
+        "format": FORMAT,
+        "model_sha256": sha256_file(model_path),
+        "embedding_size": read_contract(model_path).embedding_size,
+        "images": len(paths),
+        "inputs_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
+        "shard_size": shard_size,
+        "shards": shards,
+        "options": {"backend": backend, "flip": flip, "normalize": normalize},
+    }
+    _claim(out_dir, manifest)
+    pending = [i for i in range(shards) if not _shard_file(out_dir, i).is_file()]
+    summary: dict[str, int] = {"grayscale": 0, "resized": 0}
+    if pending:
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=address)
+        try:
+            rows = [{"shard": i, "paths": paths[i * shard_size : (i + 1) * shard_size]} for i in pending]
+            if actors is None:
+                resources = ray.cluster_resources()
+                actors = int(resources.get("GPU", 0) // gpus_per_actor if gpus_per_actor else resources.get("CPU", 1) // threads)
+            done = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+                ShardEmbedder,
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(rows))), max_tasks_in_flight_per_actor=1),
+                num_cpus=threads,
+                num_gpus=gpus_per_actor or None,
+                fn_constructor_kwargs={
+                    "model_path": str(model_path.absolute()),
+                    "out_dir": str(out_dir.absolute()),
+                    "cwd": str(Path.cwd()),
+                    "shard_size": shard_size,
+                    "backend": backend,
+                    "batch_size": batch_size,
+                    "flip": flip,
+                    "normalize": normalize,
+                    "threads": threads,
+                },
+            ).take_all()
+        finally:
+            if started:
+                ray.shutdown()
+        for key in summary:
+            summary[key] = sum(int(row[key]) for row in done)
+    pq = _parquet()
+    return GalleryResult(
+        out_dir=out_dir,
+        images=len(paths),
+        embedded=sum(pq.read_metadata(_shard_file(out_dir, i)).num_rows for i in range(shards)),
+        errors=sum(pq.read_metadata(f).num_rows for f in sorted((out_dir / ERRORS).glob("shard-*.parquet"))),
+        shards=shards,
+        computed=len(pending),
+        **summary,
+    )
+
+
+class ShardEmbedder:
+    """Ray Data actor: one Embedder; embeds and writes whole shards (one row per shard)."""
+
+    def __init__(self, model_path: str, out_dir: str, cwd: str, shard_size: int, backend: str, batch_size: int,
+                 flip: bool, normalize: bool, threads: int) -> None:
+        self.embedder = Embedder(model_path, backend, batch_size=batch_size, flip=flip, normalize=normalize, threads=threads)
+        self.out_dir = Path(out_dir)
+        self.cwd = Path(cwd)
+        self.shard_size = shard_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        counts = [self.write_shard(int(shard), [str(p) for p in paths]) for shard, paths in zip(batch["shard"], batch["paths"])]
+        return {key: np.array([c[key] for c in counts]) for key in ("shard", "embedded", "errors", "grayscale", "resized")}
+
+    def write_shard(self, shard: int, paths: list[str]) -> dict[str, int]:
+        """Embed one shard's files and write its error table, then its shard file (the completion mark)."""
+        pa, pq = import_optional("pyarrow", "pyarrow", "ray", "gallery shards"), _parquet()
+        start = shard * self.shard_size
+        files = [self.cwd / p for p in paths]  # workers need not share the driver's cwd
+        result = embed_files(self.embedder, files)
+        kept = _positions(files, result.paths)
+        failed = sorted(set(range(len(files))) - set(kept))
+        error_file = self.out_dir / ERRORS / _shard_file(self.out_dir, shard).name
+        if failed:
+            errors = pa.table({
+                "index": pa.array([start + k for k in failed], pa.int64()),
+                "path": pa.array([paths[k] for k in failed], pa.string()),
+                "error": pa.array([_decode_error(files[k]) for k in failed], pa.string()),
+            })  # fmt: skip
+            with atomic_output(error_file) as tmp:
+                pq.write_table(errors, tmp)
+        else:
+            error_file.unlink(missing_ok=True)  # from a run when that file was still broken
+        dim = self.embedder.contract.embedding_size
+        table = pa.table({
+            "index": pa.array([start + k for k in kept], pa.int64()),
+            "path": pa.array([paths[k] for k in kept], pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(result.embeddings.reshape(-1), pa.float32()), dim),
+        })  # fmt: skip
+        with atomic_output(_shard_file(self.out_dir, shard)) as tmp:
+            pq.write_table(table, tmp)
+        return {"shard": shard, "embedded": len(kept), "errors": len(failed), "grayscale": len(result.grayscale),
+                "resized": len(result.resized)}
+
+
+def read_gallery(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
+    """(paths, embeddings (N, D) float32) of a complete gallery directory, in input order."""
+    out_dir = Path(out_dir)
+    manifest = _read_manifest(out_dir)
+    missing = [i for i in range(manifest["shards"]) if not _shard_file(out_dir, i).is_file()]
+    if missing:
+        raise QfsdkError(f"{out_dir}: {len(missing)} of {manifest['shards']} shards are not written yet "
+                         f"(first: {_shard_file(out_dir, missing[0]).name}); run the embedding again to finish them")
+    pq = _parquet()
+    paths: list[str] = []
+    chunks = [np.empty((0, manifest["embedding_size"]), np.float32)]
+    for i in range(manifest["shards"]):
+        table = pq.read_table(_shard_file(out_dir, i))
+        paths.extend(table.column("path").to_pylist())
+        values = table.column("embedding").combine_chunks().flatten().to_numpy()
+        chunks.append(values.reshape(len(table), manifest["embedding_size"]))
+    return paths, np.concatenate(chunks)
+
+
+def read_gallery_errors(out_dir: str | Path) -> list[tuple[str, str]]:
+    """(path, error) of the files a gallery run could not decode, in input order."""
+    pq = _parquet()
+    rows = [row for f in sorted((Path(out_dir) / ERRORS).glob("shard-*.parquet")) for row in pq.read_table(f).to_pylist()]
+    return [(row["path"], row["error"]) for row in sorted(rows, key=lambda row: row["index"])]
+
+
+def _claim(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` into a new or empty ``out_dir``, or check that it matches the one there."""
+    path = out_dir / MANIFEST
+    if path.is_file():
+        found = _read_manifest(out_dir)
+        if found != manifest:
+            changes = [k if k.endswith("sha256") else f"{k} {found.get(k)} -> {manifest[k]}" for k in manifest if found.get(k) != manifest[k]]
+            raise QfsdkError(f"{out_dir} holds a gallery made with other settings ({'; '.join(changes)}); "
+                             "rerun with the same model, inputs and options, or choose a new output directory")
+        return
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise QfsdkError(f"{out_dir}: not an empty directory and no gallery ({MANIFEST} missing); choose a new output directory")
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _read_manifest(out_dir: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise QfsdkError(f"{out_dir}: cannot read the gallery's {MANIFEST} ({exc})") from None
+    if manifest.get("format") != FORMAT:
+        raise QfsdkError(f"{out_dir / MANIFEST}: not a {FORMAT} manifest")
+    return manifest
+
+
+def _shard_file(out_dir: Path, shard: int) -> Path:
+    return out_dir / f"shard-{shard:05d}.parquet"
+
+
+def _positions(files: list[Path], subsequence: list[Path]) -> list[int]:
+    """Where the items of ``subsequence`` (``files`` in order, some left out) are in ``files``."""
+    positions: list[int] = []
+    for k, path in enumerate(files):
+        if len(positions) < len(subsequence) and subsequence[len(positions)] == path:
+            positions.append(k)
+    return positions
+
+
+def _decode_error(path: Path) -> str:
+    """Why ``path`` cannot be decoded (embed_files keeps only which files failed)."""
+    try:
+        load_rgb(path)
+    except UnreadableImage as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    return "unreadable while embedding, readable afterwards"
+
+
+def _ray() -> ModuleType:
+    ray = import_optional("ray", "ray[data]", "ray", "Distributed embedding (--ray)")
+    import_optional("ray.data", "ray[data]", "ray", "Distributed embedding (--ray)")
+    return ray
+
+
+def _parquet() -> ModuleType:
+    return import_optional("pyarrow.parquet", "pyarrow", "ray", "Gallery shards")
