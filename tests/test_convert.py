@@ -134,13 +134,18 @@ def test_float_export_matches_pytorch(dlib_fp32_onnx):
     assert cosines(expected, run_ort(dlib_fp32_onnx, x.numpy())).min() >= 0.99999
 
 
-def test_fp16_export_runs(tmp_path):
+def test_fp16_export_runs_in_the_runtime(tmp_path, dlib_fp32_onnx):
     output = tmp_path / "dlib_fp16.onnx"
     result = CliRunner().invoke(main, ["convert", "dlib_resnet", "--fp16", "-o", str(output)])
     assert result.exit_code == 0, result.output
     session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(float16)"
     assert "min cosine 0.999" in result.output or "min cosine 1.000" in result.output
+    from qfsdk.runtime import Embedder
+
+    chips = np.stack(face_chips()[:4])
+    with Embedder(dlib_fp32_onnx, "onnxruntime") as fp32, Embedder(output, "onnxruntime") as fp16:
+        assert cosines(fp32.embed(chips), fp16.embed(chips)).min() >= 0.9999
 
 
 def test_triton_repository(exports, tmp_path):

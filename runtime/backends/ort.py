@@ -38,12 +38,14 @@ class OrtBackend(Backend):
         log.info("onnxruntime providers: %s", self._session.get_providers())
         inp = self._session.get_inputs()[0]
         self._input = inp.name
+        self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32  # `qfsdk convert --fp16` files
         self._output = self._session.get_outputs()[0].name
         self.input_shape = dims(inp.shape)
         self.max_batch = self.input_shape[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._session.run([self._output], {self._input: batch})[0], np.float32)
+        feed = batch.astype(self._dtype, copy=False)
+        return np.asarray(self._session.run([self._output], {self._input: feed})[0], np.float32)
 
     def close(self) -> None:
         self._session = None
