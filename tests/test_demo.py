@@ -17,4 +17,8 @@ def test_demo_exports_and_matches_onnxruntime(tmp_path):
     assert "ONNX Runtime CPU vs PyTorch" in result.output
     assert summary["w8a8_synthetic_ptq"]["min_cosine_vs_float"] > 0.9
     assert (tmp_path / "dlib_resnet_w8a8.safetensors").is_file()
+    deployed = summary["w8a8_deployed"]
+    assert deployed["check_violations"] == 0 and (tmp_path / "dlib_resnet_w8a8.onnx").is_file()
+    assert set(deployed["backends"]) == {"onnxruntime", "openvino"}
+    assert all(b["min_cosine_vs_float"] > 0.9 for b in deployed["backends"].values())
     assert not list(tmp_path.glob("*.partial"))
