@@ -168,8 +168,8 @@ def probe_batch(contract: FaceContract, options: ConvertOptions) -> tuple[torch.
     if options.probe_images is not None:
         from qfsdk.calib.folder import ImageFolderSource
 
-        batches = ImageFolderSource(options.probe_images, contract, batch_size=options.num_probes)
-        return next(iter(batches)), f"{options.num_probes} images from {options.probe_images}"
+        batch = next(iter(ImageFolderSource(options.probe_images, contract, batch_size=options.num_probes)))
+        return batch, f"{len(batch)} images from {options.probe_images}"
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(options.num_probes, contract.height, contract.width, 3), dtype=np.uint8)
     return torch.from_numpy(contract.preprocess(pixels)), f"{options.num_probes} noise images; pass --probe-images DIR for faces"
