@@ -174,17 +174,6 @@ def test_int6_plugin_refuses_float_exports(tmp_path):
 # ---- GPU: the plugin's kernel, and TensorRT where it exists -----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gpu():
-    from qfsdk.errors import MissingDependencyError
-    from qfsdk.runtime import cuda
-
-    try:
-        return cuda.device_info()
-    except (MissingDependencyError, cuda.CudaError) as exc:
-        pytest.skip(f"no CUDA GPU through cuda-python: {exc}")
-
-
 def run_ptx(ptx: str, x: np.ndarray) -> np.ndarray:
     """Launch the FakeQuantize PTX as TensorRT's AOT plugin would: (x, int32 count, y)."""
     from cuda.bindings import driver

@@ -7,23 +7,11 @@ light (no click, no face photos) so they run on bare GPU machines.
 import numpy as np
 import pytest
 
-from qfsdk.errors import MissingDependencyError
 from qfsdk.models import get_spec
 from qfsdk.runtime import Embedder
 from qfsdk.runtime.engine import read_engine_info
 
 CONTRACT = get_spec("mobilefacenet").contract
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    """(name, compute capability) of GPU 0, or skip."""
-    from qfsdk.runtime import cuda
-
-    try:
-        return cuda.device_info()
-    except (MissingDependencyError, cuda.CudaError) as exc:
-        pytest.skip(f"no CUDA GPU through cuda-python: {exc}")
 
 
 @pytest.mark.gpu
