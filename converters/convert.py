@@ -56,6 +56,7 @@ class ConvertOptions:
     opset: int = 17
     allow_nonconforming: bool = False
     int6_plugin: bool = False  # sub-8-bit activations as qfsdk::FakeQuantize plugin nodes
+    simplify: bool = False  # onnx-simplifier, float exports only
 
 
 @dataclass
@@ -239,6 +240,9 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
     source = read_input(text, options)
     if options.int6_plugin and not source.quantized:
         raise QfsdkError("--int6-plugin applies to quantized models; a float export has no activation quantizers")
+    if options.simplify and source.quantized:
+        raise QfsdkError("--simplify is for float exports: onnx-simplifier folds int8 weights back to float, and Q/DQ "
+                         "graphs get qfsdk's own exact clean-up already")
     output = Path(output)
     probes, probe_text = probe_batch(source.contract, options)
     with torch.no_grad():
@@ -248,7 +252,7 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
         if not source.quantized:
             report.bits = options.precision or "fp32"
             export_float(source.model, tmp, source.contract, source.architecture, opset=options.opset,
-                         fp16=options.precision == "fp16")
+                         fp16=options.precision == "fp16", simplify=options.simplify)
             report.fidelity["ONNX vs PyTorch float"] = cosine_stats(reference, run_onnx(tmp, probes))
         else:
             deployable = source.model

@@ -26,10 +26,12 @@ def export_float(
     architecture: str,
     opset: int = DEFAULT_OPSET,
     fp16: bool = False,
+    simplify: bool = False,
 ) -> Path:
     """Write ``model`` (eval mode) to ``path`` with a dynamic batch dimension; atomic.
 
     ``fp16``: weights, input and output in float16 (for GPUs; the model itself is not changed).
+    ``simplify``: run onnx-simplifier (float graphs only; it would fold Q/DQ weights back to float).
     """
     import copy
 
@@ -38,10 +40,29 @@ def export_float(
     path = Path(path)
     with atomic_output(path) as tmp:
         proto = torchscript_export(model, example, tmp, opset)
+        if simplify:
+            proto = simplify_float_graph(proto)
         add_metadata(proto, contract, architecture)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
     return path
+
+
+def simplify_float_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnx-simplifier's constant folding and shape simplification, checked by onnxsim itself."""
+    from qfsdk.errors import MissingDependencyError, QfsdkError
+
+    try:
+        import onnxsim
+    except ImportError:
+        raise MissingDependencyError("onnxsim", "--simplify", "pip install 'qfsdk[simplify]'") from None
+    simplified, ok = onnxsim.simplify(proto)
+    if not ok:
+        raise QfsdkError("onnx-simplifier could not verify its simplified graph; export without --simplify")
+    kept = [p for p in simplified.metadata_props if not p.key.startswith("onnxsim.")]
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(kept)
+    return simplified
 
 
 def torchscript_export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> onnx.ModelProto:

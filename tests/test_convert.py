@@ -148,6 +148,25 @@ def test_fp16_export_runs_in_the_runtime(tmp_path, dlib_fp32_onnx):
         assert cosines(fp32.embed(chips), fp16.embed(chips)).min() >= 0.9999
 
 
+def test_simplified_float_export_is_smaller_and_identical(tmp_path, dlib_fp32_onnx):
+    pytest.importorskip("onnxsim")
+    output = tmp_path / "dlib_simplified.onnx"
+    result = CliRunner().invoke(main, ["convert", "dlib_resnet", "--fp32", "--simplify", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    plain, simplified = onnx.load(str(dlib_fp32_onnx)), onnx.load(str(output))
+    assert len(simplified.graph.node) < len(plain.graph.node) / 2
+    assert simplified.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # still a dynamic batch
+    assert {p.key for p in simplified.metadata_props} == {p.key for p in plain.metadata_props}
+    x = np.random.default_rng(0).standard_normal((3, 3, 150, 150)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(output, x), run_ort(dlib_fp32_onnx, x), atol=1e-5)
+
+
+def test_simplify_refuses_q_dq_graphs(exports, tmp_path):
+    checkpoint = exports["mobilefacenet", "w8a8"]["onnx"].with_suffix(".safetensors")
+    result = CliRunner().invoke(main, ["convert", str(checkpoint), "--simplify", "-o", str(tmp_path / "x.onnx")])
+    assert result.exit_code == 1 and "folds int8 weights back to float" in result.output
+
+
 def test_triton_repository(exports, tmp_path):
     checkpoint_onnx = exports["mobilefacenet", "w8a8"]["onnx"]
     result = CliRunner().invoke(main, ["convert", "mobilefacenet", "--fp32", "-o", str(tmp_path / "mfn.onnx"),

@@ -22,6 +22,7 @@ import click
 @click.option("--probe-images", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Aligned face images for the fidelity numbers (default: seeded noise).")
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True, help="ONNX opset (TensorRT 10 parses up to 20).")
+@click.option("--simplify", is_flag=True, help="Float exports: simplify the graph with onnx-simplifier (pip install 'qfsdk[simplify]').")
 @click.option("--allow-nonconforming", is_flag=True, help="Write the file even if `qfsdk check` finds TensorRT violations.")
 @click.option("--int6-plugin", is_flag=True,
               help="Sub-8-bit activations as one qfsdk::FakeQuantize custom node each (exact k-bit simulation, with an "
@@ -31,13 +32,13 @@ import click
               help="Also write a Triton model repository (config.pbtxt + 1/model.onnx) here.")
 @click.option("--max-batch", type=click.IntRange(1), default=64, show_default=True, help="Triton max_batch_size.")
 def convert(source, output, target, precision, model_name, recalibrate, num_images, iterations, probe_images, opset,
-            allow_nonconforming, int6_plugin, triton_repo, max_batch) -> None:
+            simplify, allow_nonconforming, int6_plugin, triton_repo, max_batch) -> None:
     """Export SOURCE to ONNX: a qfsdk quantized checkpoint, a QuantFace quantized checkpoint, or (with --fp32/--fp16) a zoo model name or float checkpoint."""
     from qfsdk.converters.convert import ConvertOptions, convert as run_convert
 
     options = ConvertOptions(target=target, precision=precision, model_name=model_name, recalibrate=recalibrate,
                              num_images=num_images, iterations=iterations, probe_images=probe_images, opset=opset,
-                             allow_nonconforming=allow_nonconforming, int6_plugin=int6_plugin)
+                             allow_nonconforming=allow_nonconforming, int6_plugin=int6_plugin, simplify=simplify)
     report = run_convert(source, output, options)
     click.echo(report.summary())
     for violation in report.violations:
