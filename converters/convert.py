@@ -247,7 +247,8 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
     probes, probe_text = probe_batch(source.contract, options)
     with torch.no_grad():
         reference = source.model.eval()(probes).numpy()
-    report = ConversionReport(source.description, source.architecture, target.name, output, _bits(source.model), probe_text)
+    report = ConversionReport(source.description, source.architecture, f"{target.name} ({target.description})", output,
+                              _bits(source.model), probe_text)
     with atomic_output(output) as tmp:
         if not source.quantized:
             report.bits = options.precision or "fp32"
