@@ -99,10 +99,12 @@ def dlib_section(args) -> dict:
     for preset, minutes in (("w6a6", args.qat_minutes), ("w4a8", args.qat_minutes_low), ("w4a4", args.qat_minutes_low)):
         if minutes <= 0 or preset not in result["ptq"]:
             continue
-        student = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(teacher), preset), synthetic, method=best_method[preset])
+        init = args.qat_init or best_method[preset]
+        student = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(teacher), preset), synthetic, method=init)
         info = qat_for(minutes, student, teacher, synthetic, args.batch_size, args.state_dir / f"dlib_{preset}.safetensors",
-                       args.device, seed=args.seed)
-        result["qat"][preset] = {"init": best_method[preset], **info, **fidelity(embed(student, chips), reference, contract.threshold)}
+                       args.device, seed=args.seed, kd_loss=args.kd_loss)
+        result["qat"][preset] = {"init": init, "kd_loss": args.kd_loss, **info,
+                                 **fidelity(embed(student, chips), reference, contract.threshold)}
     result["targets"] = {
         "w8a8_ptq_min_cosine": max((v["min_cosine"] for v in result["ptq"].get("w8a8", {}).values()), default=None),
         "w6a6_qat_min_cosine": result["qat"].get("w6a6", {}).get("min_cosine"),
@@ -150,6 +152,8 @@ def main() -> None:
     parser.add_argument("--qat-minutes-low", type=float, default=3.0, help="W4A8 and W4A4 QAT budget each")
     parser.add_argument("--mfn-steps", type=int, default=200)
     parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated presets to calibrate (and train)")
+    parser.add_argument("--kd-loss", default="normalized", choices=["normalized", "raw"], help="QAT distillation loss")
+    parser.add_argument("--qat-init", choices=METHODS, help="PTQ method QAT starts from (default: best min cosine)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,12 @@ def test_distillation_loss_is_mse_of_normalised_embeddings():
     assert cosine.item() == pytest.approx(0.6)
 
 
+def test_raw_distillation_loss_keeps_norms():
+    s, t = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0]])
+    assert distillation_loss(s, t)[0].item() == pytest.approx(0.0)  # same direction: the paper's loss is blind to norm
+    assert distillation_loss(s, t, "raw")[0].item() == pytest.approx((9 + 16) / 2)
+
+
 def test_batch_plan_is_a_pure_function_and_covers_each_epoch():
     first, flips = batch_plan(3, 4, 10, seed=1)
     again, flips_again = batch_plan(3, 4, 10, seed=1)

@@ -54,6 +54,8 @@ def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | N
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: 0.1 x global batch / 512).")
 @click.option("--freeze-bn", is_flag=True, help="Keep the student's BatchNorm on running statistics.")
+@click.option("--kd-loss", type=click.Choice(["normalized", "raw"]), default="normalized", show_default=True,
+              help="normalized: MSE of L2-normalised embeddings (the paper); raw: also keeps norms (Euclidean models such as dlib).")
 @click.option("--range-warmup", type=click.IntRange(0),
               help="Steps of running min/max range updates (QuantFace: 299) instead of PTQ-calibrated ranges.")
 @click.option("--checkpoint-every", type=click.IntRange(1), default=50, show_default=True)
@@ -61,7 +63,7 @@ def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | N
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT's .qat-state.safetensors.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
-def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn,
+def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn, kd_loss,
         range_warmup, checkpoint_every, seed, resume, output) -> None:
     """Distil the float MODEL into its quantized copy on synthetic (or your own) images."""
     import torch
@@ -72,7 +74,7 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     from qfsdk.quant.qat import QATSettings, train_qat
 
     config = build_config(bits, scheme, keep_8bit, config_file)
-    settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, range_warmup_steps=range_warmup,
+    settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,
                            checkpoint_every=checkpoint_every, seed=seed)
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     teacher = create(model_name, weights=weights)

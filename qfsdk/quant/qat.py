@@ -51,6 +51,7 @@ class QATSettings:
     lr_drop_fraction: float = 1 / 11
     flip: bool = True
     freeze_bn: bool = False
+    kd_loss: str = "normalized"
     seed: int = 0
     checkpoint_every: int = 100
 
@@ -59,6 +60,8 @@ class QATSettings:
             raise ConfigError("steps, batch_size and checkpoint_every must be positive")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.kd_loss not in KD_LOSSES:
+            raise ConfigError(f"kd_loss must be one of {sorted(KD_LOSSES)}, got {self.kd_loss!r}")
 
     def learning_rate(self, world_size: int) -> float:
         """The paper's lr scaled linearly with the global batch, unless set explicitly."""
@@ -69,10 +72,19 @@ class QATSettings:
         return base_lr * (0.1 if step >= drop_at else 1.0)
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(MSE between L2-normalised embeddings, mean cosine) — QuantFace's KD loss."""
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "normalized") -> tuple[torch.Tensor, torch.Tensor]:
+    """(KD loss, mean cosine). ``normalized``: MSE between L2-normalised embeddings, QuantFace's loss
+    (right for cosine-distance models); ``raw``: MSE between the embeddings themselves, which also
+    keeps their norms, so Euclidean distances (dlib's contract) are distilled as they are compared."""
     s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
-    return F.mse_loss(s, t), (s * t).sum(1).mean().detach()
+    cosine = (s * t).sum(1).mean().detach()
+    return KD_LOSSES[kind](student, teacher, s, t), cosine
+
+
+KD_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "normalized": lambda student, teacher, s, t: F.mse_loss(s, t),
+    "raw": lambda student, teacher, s, t: F.mse_loss(student, teacher),
+}
 
 
 @lru_cache(maxsize=4)
@@ -205,7 +217,7 @@ class QATRun:
             for module in self.student.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        loss, cosine = distillation_loss(self.model(batch), target)
+        loss, cosine = distillation_loss(self.model(batch), target, settings.kd_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
