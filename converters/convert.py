@@ -92,18 +92,16 @@ class ConversionReport:
 
 
 def _is_qfsdk_checkpoint(text: str, options: ConvertOptions) -> bool:
-    from qfsdk.quant.checkpoint import FORMAT
+    from qfsdk.errors import CheckpointError
+    from qfsdk.quant.checkpoint import read_metadata
 
-    path = Path(text)
-    if path.suffix != ".safetensors" or not path.is_file():
+    if Path(text).suffix != ".safetensors" or not Path(text).is_file():
         return False
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            return (handle.metadata() or {}).get("format") == FORMAT
-    except Exception:
+        read_metadata(text)
+    except CheckpointError:
         return False
+    return True
 
 
 def _read_qfsdk_checkpoint(text: str, options: ConvertOptions) -> Source:
@@ -177,11 +175,14 @@ def probe_batch(contract: FaceContract, options: ConvertOptions) -> tuple[torch.
 
 
 def run_onnx(path: Path, batch: torch.Tensor) -> np.ndarray:
-    import onnxruntime as ort
+    """The exported file's output on ONNX Runtime's CPU provider (the runtime's own backend)."""
+    from qfsdk.runtime.backends.ort import OrtBackend
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = batch.numpy().astype(np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32)
-    return session.run(None, {session.get_inputs()[0].name: feed})[0].astype(np.float32)
+    backend = OrtBackend(path, providers=["CPUExecutionProvider"])
+    try:
+        return backend.run(batch.numpy())
+    finally:
+        backend.close()
 
 
 def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

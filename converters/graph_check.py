@@ -20,6 +20,8 @@ from onnx import numpy_helper
 
 from qfsdk.errors import QfsdkError
 
+from .graph_tools import node_links
+
 MIN_OPSET = 17
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -50,15 +52,11 @@ class GraphIndex:
 
     @classmethod
     def build(cls, model: onnx.ModelProto) -> "GraphIndex":
-        index = cls(model)
+        producers, consumers = node_links(model.graph)
+        index = cls(model, producers, consumers)
         for init in model.graph.initializer:
             index.constants[init.name] = numpy_helper.to_array(init)
         for node in model.graph.node:
-            for out in node.output:
-                index.producers[out] = node
-            for name in node.input:
-                if name:
-                    index.consumers.setdefault(name, []).append(node)
             if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
                 index.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
         return index

@@ -6,6 +6,17 @@ import onnx
 from onnx import numpy_helper
 
 
+def node_links(graph: onnx.GraphProto) -> tuple[dict[str, onnx.NodeProto], dict[str, list[onnx.NodeProto]]]:
+    """(tensor name -> the node producing it, tensor name -> the nodes reading it)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                consumers.setdefault(name, []).append(node)
+    return producers, consumers
+
+
 def constants_to_initializers(proto: onnx.ModelProto) -> None:
     """Move tensor-valued Constant nodes into initializers, named after their output."""
     graph = proto.graph
@@ -59,11 +70,7 @@ def split_shared_qdq(proto: onnx.ModelProto) -> None:
     both its first conv and its skip add); TensorRT and ONNX Runtime want one DQ per consumer.
     """
     graph = proto.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = node_links(graph)
     new_nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         new_nodes.append(node)
@@ -96,11 +103,7 @@ def fold_batchnorm_into_weights(proto: onnx.ModelProto) -> int:
 
     graph = proto.graph
     inits = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = node_links(graph)
 
     def array(name: str):
         return numpy_helper.to_array(inits[name]) if name in inits else None

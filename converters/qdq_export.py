@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import types
 from dataclasses import dataclass
@@ -200,8 +201,6 @@ def export_quantized(
 
 def quantization_metadata(model: nn.Module) -> dict[str, str]:
     """The config, per-layer bit widths and calibration source, as metadata strings."""
-    import json
-
     config = quant_config_of(model)
     layers = {}
     for name, module in model.named_modules():
