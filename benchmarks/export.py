@@ -1,9 +1,10 @@
 """ONNX Q/DQ export: parity with the PyTorch quantized model, file size, TensorRT-readiness.
 
 For each model and preset: calibrate (minmax) on the probe inputs, export with the default
-target (tensorrt), run it with ONNX Runtime, and compare with the PyTorch fake-quant model. The
-noise floor is the same model in float64 vs float32 PyTorch: how far float rounding alone moves
-a low-bit model's output (a few rounding decisions flip). Prints one JSON document.
+target (tensorrt), run it with ONNX Runtime, and compare with the PyTorch fake-quant model, plainly
+and forced onto ONNX Runtime's values at every quantizer (``qfsdk.converters.parity``): the forced
+cosine shows the export's exactness, the codes that differ how many rounding ties float32 summation
+order flipped. Prints one JSON document.
 
     python benchmarks/export.py [--models dlib_resnet,mobilefacenet,iresnet18,iresnet50]
 """
@@ -28,6 +29,7 @@ import qfsdk  # noqa: E402
 from qfsdk.converters import export_quantized  # noqa: E402
 from qfsdk.converters.graph_check import check_model  # noqa: E402
 from qfsdk.converters.onnx_export import export_float  # noqa: E402
+from qfsdk.converters.parity import export_parity  # noqa: E402
 from qfsdk.models import create  # noqa: E402
 
 
@@ -61,15 +63,17 @@ def measure(arch: str, presets: list[str], work: Path) -> dict:
         start = time.time()
         path = export_quantized(quantized, work / f"{arch}_{preset}.onnx")
         seconds = time.time() - start
+        parity = export_parity(quantized, path, x)
         with torch.no_grad():
-            f32 = quantized(x).numpy()
-            f64 = copy.deepcopy(quantized).double()(x.double()).float().numpy()
-        parity = cosines(f32, run_ort(path, x))
+            vs_float = cosines(quantized(x).numpy(), model(x).numpy())
         result[preset] = {
-            "min_cosine_ort_vs_torch": round(float(parity.min()), 7),
-            "mean_cosine_ort_vs_torch": round(float(parity.mean()), 7),
-            "noise_floor_min_cosine_f64_vs_f32": round(float(cosines(f32, f64).min()), 7),
-            "min_cosine_vs_float_model": round(float(cosines(f32, model(x).detach().numpy()).min()), 5),
+            "min_cosine_ort_vs_torch": round(float(parity.cosine.min()), 7),
+            "mean_cosine_ort_vs_torch": round(float(parity.cosine.mean()), 7),
+            "forced_min_cosine_ort_vs_torch": round(float(parity.forced_cosine.min()), 7),
+            "differing_codes": parity.differing_codes,
+            "activation_codes": parity.codes,
+            "max_tie_distance_of_differing_codes": parity.max_tie_distance,
+            "min_cosine_vs_float_model": round(float(vs_float.min()), 5),
             "size_vs_fp32": round(path.stat().st_size / float_path.stat().st_size, 4),
             "check_violations": len(check_model(path)),
             "export_seconds": round(seconds, 2),

@@ -31,7 +31,8 @@ class MinMaxObserver:
     def min_max(self) -> tuple[float, float]:
         return self.min, self.max
 
-    def amax(self) -> float:
+    def amax(self, unsigned: bool = False) -> float:
+        """The clipping bound for a zero-point-0 grid (``unsigned``: levels [0, 2^b - 1])."""
         return max(abs(self.min), abs(self.max))
 
 
@@ -74,7 +75,7 @@ class PercentileObserver(HistogramObserver):
         super().__init__(bins)
         self.percentile = percentile
 
-    def amax(self) -> float:
+    def amax(self, unsigned: bool = False) -> float:
         total = float(self.hist.sum())
         if total == 0 or self.edge == 0:
             return super().amax()
@@ -90,11 +91,11 @@ class MSEObserver(HistogramObserver):
         super().__init__(bins)
         self.bits = bits
 
-    def amax(self) -> float:
+    def amax(self, unsigned: bool = False) -> float:
         if float(self.hist.sum()) == 0 or self.edge == 0:
             return super().amax()
         centers, counts = self.bin_centers(), self.hist
-        qmax = 2 ** (self.bits - 1) - 1  # symmetric activations: full signed range
+        qmax = 2**self.bits - 1 if unsigned else 2 ** (self.bits - 1) - 1
         candidates = torch.linspace(self.edge / MSE_CANDIDATES, self.edge, MSE_CANDIDATES, dtype=torch.float64)
         scale = (candidates / qmax)[:, None]
         dequant = torch.clamp(torch.round(centers[None] / scale), max=qmax) * scale

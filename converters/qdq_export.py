@@ -48,7 +48,6 @@ from .qdq_forms import (
     asymmetric_act_form,
     asymmetric_weight_form,
     attach_plugin_reference,
-    symmetric_act_form,
     symmetric_weight_form,
 )
 
@@ -82,7 +81,8 @@ def get_target(name: str) -> Target:
 
 def to_symmetric(model: nn.Module) -> nn.Module:
     """A copy whose asymmetric (QuantFace) quantizers are symmetric: each activation range is
-    widened to ``[-amax, amax]`` (about one bit of resolution lost) and weights use max |w|."""
+    widened to ``[-amax, amax]`` (about one bit of resolution lost; below 8 bits a range that
+    starts at 0 keeps it on the unsigned grid) and weights use max |w|."""
     model = copy.deepcopy(model)
     for module in model.modules():
         if isinstance(module, (ActQuantizer, WeightQuantizer)):
@@ -94,21 +94,23 @@ def is_symmetric(model: nn.Module) -> bool:
     return all(m.symmetric for m in model.modules() if isinstance(m, (ActQuantizer, WeightQuantizer)))
 
 
-def _act_form(quantizer: ActQuantizer) -> ActForm:
+def act_form(quantizer: ActQuantizer) -> ActForm:
+    """The Q/DQ parameters (scale, zero point, integer range) of a calibrated activation quantizer."""
     if not bool(quantizer.has_range):
         raise QfsdkError("an activation quantizer has no range: calibrate the model (qfsdk calibrate) before exporting")
     if quantizer.symmetric:
-        return symmetric_act_form(float(quantizer.amax), quantizer.bits)
+        qmin, qmax = quantizer.levels()
+        return ActForm(scale=float(quantizer.scale()), zero_point=0, qmin=qmin, qmax=qmax)
     return asymmetric_act_form(float(quantizer.x_min), float(quantizer.x_max), quantizer.bits)
 
 
 def _act_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
-    return act_qdq(x, _act_form(self))
+    return act_qdq(x, act_form(self))
 
 
 def _act_plugin_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
     """Sub-8-bit: one ``qfsdk::FakeQuantize`` node; 8-bit keeps its Q/DQ pair."""
-    form = _act_form(self)
+    form = act_form(self)
     return act_plugin(x, form) if self.bits < 8 else act_qdq(x, form)
 
 

@@ -67,12 +67,6 @@ class WeightForm:
         return torch.from_numpy(codes * self.scale.reshape(shape))
 
 
-def symmetric_act_form(amax: float, bits: int) -> ActForm:
-    qmin, qmax = signed_range(bits, narrow=False)
-    scale = float(symmetric_scale(torch.tensor(amax), bits, narrow=False))
-    return ActForm(scale=scale, zero_point=0, qmin=qmin, qmax=qmax)
-
-
 def asymmetric_act_form(x_min: float, x_max: float, bits: int) -> ActForm:
     """The QuantFace quantizer; its range always contains 0, so the zero point fits int8."""
     scale, zero_point = asymmetric_params(torch.tensor(x_min), torch.tensor(x_max), bits)

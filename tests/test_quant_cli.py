@@ -125,9 +125,11 @@ def test_calibrate_synthetic_needs_no_real_data(tmp_path):
 def test_qat_on_synthetic_data_keeps_the_dataset_for_resume(tmp_path):
     out = tmp_path / "mfn.safetensors"
     args = ["qat", "--model", "mobilefacenet", "--data", "synthetic", "--num-images", "4", "--iterations", "2",
-            "--batch-size", "2", "--freeze-bn", "--bits", "w4a4", "--steps", "2", "-o", out]
+            "--batch-size", "2", "--freeze-bn", "--validation-images", "2", "--validate-every", "1",
+            "--bits", "w4a4", "--steps", "2", "-o", out]
     result = run_cli(*args)
     assert result.exit_code == 0, result.output
+    assert "min cosine" in result.output and "on 2 held-out images" in result.output  # the best validated step is kept
     assert (tmp_path / "mfn.synth" / "manifest.json").is_file()
     resumed = run_cli(*args[:-4], "--steps", "3", "-o", out, "--resume")
     assert resumed.exit_code == 0, resumed.output

@@ -9,7 +9,9 @@ from qfsdk.quant.fake_quant import (
     fake_quant_symmetric,
     signed_range,
     symmetric_scale,
+    unsigned_range,
 )
+from qfsdk.quant.modules import ActQuantizer
 
 
 @pytest.mark.parametrize("bits, narrow, expected", [(8, True, (-127, 127)), (8, False, (-128, 127)), (6, True, (-31, 31)), (4, False, (-8, 7)), (2, False, (-2, 1))])
@@ -53,3 +55,25 @@ def test_asymmetric_gradient_is_plain_straight_through():
     x = torch.tensor([0.5, 50.0], requires_grad=True)
     fake_quant_asymmetric(x, torch.tensor(0.0), torch.tensor(1.0), 8).sum().backward()
     assert x.grad.tolist() == [1.0, 1.0]
+
+
+def test_non_negative_sub_8_bit_ranges_use_the_unsigned_grid_inside_int8():
+    """6 bits after ReLU: 64 levels [0, 63] with zero point 0 (int8 holds them), not the signed grid's 32."""
+    assert unsigned_range(6) == (0, 63)
+    quantizer = ActQuantizer(6, symmetric=True)
+    quantizer.set_range(0.0, 6.3)
+    assert quantizer.unsigned and quantizer.levels() == (0, 63)
+    assert quantizer.scale().item() == pytest.approx(0.1)
+    x = torch.tensor([-1.0, 0.26, 3.05, 10.0])
+    assert quantizer(x).tolist() == pytest.approx([0.0, 0.3, 3.0, 6.3])  # 30.5 rounds half to even
+
+    quantizer.set_range(-0.5, 6.3)  # one negative value: the signed grid
+    assert not quantizer.unsigned and quantizer.levels() == (-32, 31)
+    assert quantizer.scale().item() == pytest.approx(6.3 / 31)
+
+
+@pytest.mark.parametrize("bits, allow_unsigned", [(8, True), (6, False)])
+def test_eight_bit_and_opted_out_quantizers_stay_signed(bits, allow_unsigned):
+    quantizer = ActQuantizer(bits, symmetric=True, allow_unsigned=allow_unsigned)
+    quantizer.set_range(0.0, 1.0)
+    assert not quantizer.unsigned and quantizer.levels() == signed_range(bits, narrow=False)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from qfsdk.quant.config import KD_LOSS_CHOICES
+
 from .common import build_config, load_calibration_data, model_options, quant_options
 
 
@@ -54,17 +56,22 @@ def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | N
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: 0.1 x global batch / 512).")
 @click.option("--freeze-bn", is_flag=True, help="Keep the student's BatchNorm on running statistics.")
-@click.option("--kd-loss", type=click.Choice(["normalized", "raw"]), default="normalized", show_default=True,
-              help="normalized: MSE of L2-normalised embeddings (the paper); raw: also keeps norms (Euclidean models such as dlib).")
+@click.option("--kd-loss", type=click.Choice(KD_LOSS_CHOICES), default="auto", show_default=True,
+              help="normalized: MSE of L2-normalised embeddings (the paper); raw: also keeps norms (Euclidean models "
+                   "such as dlib); auto: raw for models compared by Euclidean distance, else normalized.")
 @click.option("--range-warmup", type=click.IntRange(0),
               help="Steps of running min/max range updates (QuantFace: 299) instead of PTQ-calibrated ranges.")
+@click.option("--validation-images", type=click.IntRange(0), default=0, show_default=True,
+              help="Hold out the last N images; score the student on them every --validate-every steps and keep the best "
+                   "(long runs on a few hundred synthetic images drift).")
+@click.option("--validate-every", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT's .qat-state.safetensors.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
 def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn, kd_loss,
-        range_warmup, checkpoint_every, seed, resume, output) -> None:
+        range_warmup, validation_images, validate_every, checkpoint_every, seed, resume, output) -> None:
     """Distil the float MODEL into its quantized copy on synthetic (or your own) images."""
     import torch
 
@@ -75,7 +82,7 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
 
     config = build_config(bits, scheme, keep_8bit, config_file)
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,
-                           checkpoint_every=checkpoint_every, seed=seed)
+                           validation_images=validation_images, validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed)
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     teacher = create(model_name, weights=weights)
     check_config(teacher, config)
@@ -88,9 +95,12 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
         qfsdk.calibrate(student, images, method=config.observer, batch_size=batch_size)
     run = train_qat(student, teacher, images, settings, state_path_for(output), resume=resume)
     if run.rank == 0:
-        extra = {"data": description, "qat": {"steps": run.step, "final": run.history[-1] if run.history else None}}
+        kept = {k: v for k, v in (run.best or {}).items() if k != "state"}
+        extra = {"data": description, "qat": {"steps": run.step, "final": run.history[-1] if run.history else None, "kept": kept or None}}
         qfsdk.save_quantized(run.student, output, extra=extra)
         last = run.history[-1]
         click.echo(f"QAT {model_name} {config.weight_bits}/{config.act_bits}-bit on {description}: "
                    f"step {run.step}, loss {last['loss']:.3e}, cosine {last['cosine']:.5f}")
+        if kept:
+            click.echo(f"kept step {kept['step']}: min cosine {kept['score']:.5f} on {validation_images} held-out images")
         click.echo(f"wrote {output} (resumable state: {state_path_for(output)})")

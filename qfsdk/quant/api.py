@@ -40,6 +40,8 @@ def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "
         weight_bits, act_bits, enabled = config.bits_for(name)
         if enabled:
             convert(module, rules[type(module)], weight_bits, act_bits, symmetric)
+    for _, quantizer in act_quantizers(model):
+        quantizer.allow_unsigned = config.unsigned_acts
     model.quant_config = config
     log.info("quantized %d layers of %s (%s)", len(layers), type(model).__name__, config.to_json())
     return model
@@ -107,8 +109,9 @@ def calibrate(
             if images:
                 low, high = observer.min_max()
                 if quantizer.symmetric:
-                    high = observer.amax()
-                    low = -high
+                    quantizer.set_range(low, high)  # x_min == 0 (never negative) selects the unsigned grid
+                    high = observer.amax(unsigned=quantizer.unsigned)
+                    low = 0.0 if low >= 0 else -high
                 quantizer.set_range(low, high)
         model.train(was_training)
     if not images:

@@ -19,6 +19,7 @@ PRESETS: dict[str, dict[str, int]] = {
 SCHEMES = ("tensorrt", "quantface")
 OBSERVERS = ("minmax", "percentile", "mse")
 MIN_BITS, MAX_BITS = 2, 8
+KD_LOSS_CHOICES = ("auto", "normalized", "raw")  # QAT distillation losses (qfsdk.quant.qat.KD_LOSSES, plus auto)
 
 
 def _check_bits(value: Any, what: str) -> None:
@@ -69,7 +70,9 @@ class QuantConfig:
 
     ``scheme='tensorrt'``: symmetric int (zero point 0), per-output-channel weights, per-tensor
     activations at Conv/Gemm inputs and residual skip inputs. ``scheme='quantface'``: the
-    paper's asymmetric quantizer, after every PReLU and residual add.
+    paper's asymmetric quantizer, after every PReLU and residual add. ``unsigned_acts``:
+    sub-8-bit symmetric activations that calibrate to no negative values use [0, 2^b - 1]
+    (still int8, zero point 0; one more bit of resolution after ReLU).
     """
 
     weight_bits: int = 8
@@ -77,6 +80,7 @@ class QuantConfig:
     scheme: str = "tensorrt"
     observer: str = "minmax"
     percentile: float = 99.999
+    unsigned_acts: bool = True
     overrides: tuple[LayerOverride, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -86,6 +90,8 @@ class QuantConfig:
             raise ConfigError(f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}")
+        if not isinstance(self.unsigned_acts, bool):
+            raise ConfigError(f"unsigned_acts must be true or false, got {self.unsigned_acts!r}")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
         if self.scheme == "quantface" and self.observer != "minmax":

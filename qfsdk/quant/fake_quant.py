@@ -2,7 +2,9 @@
 
 Symmetric (deployable, TensorRT): zero point 0, ``q = clamp(round(x / s), qmin, qmax)``,
 ``x_hat = q * s``; weights use the narrow range [-(2^(b-1)-1), 2^(b-1)-1], activations the full
-range [-2^(b-1), 2^(b-1)-1]. Rounding is half-to-even, as ONNX QuantizeLinear does.
+range [-2^(b-1), 2^(b-1)-1], or, below 8 bits for a range with no negative values (after ReLU),
+the unsigned range [0, 2^b - 1], which int8 still holds with zero point 0. Rounding is
+half-to-even, as ONNX QuantizeLinear does.
 
 Asymmetric (QuantFace reference, adapted from ZeroQ): for k bits, n = 2^k - 1,
 ``scale = n / max(x_max - x_min, 1e-8)``, ``zp = round(scale * x_min) + 2^(k-1)``,
@@ -33,9 +35,18 @@ def symmetric_scale(amax: torch.Tensor, bits: int, narrow: bool) -> torch.Tensor
     return amax.clamp_min(EPS) / signed_range(bits, narrow)[1]
 
 
+def unsigned_range(bits: int) -> tuple[int, int]:
+    """(0, 2^b - 1): a ``bits``-bit grid for non-negative values, inside int8 for ``bits`` < 8."""
+    return 0, 2**bits - 1
+
+
 def fake_quant_symmetric(x: torch.Tensor, scale: torch.Tensor, bits: int, narrow: bool) -> torch.Tensor:
     """Quantize-dequantize with zero point 0; gradient passes inside the range, 0 outside."""
-    qmin, qmax = signed_range(bits, narrow)
+    return fake_quant_levels(x, scale, *signed_range(bits, narrow))
+
+
+def fake_quant_levels(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Quantize-dequantize onto the integer levels [qmin, qmax] with zero point 0 (straight-through)."""
     return torch.clamp(round_ste(x / scale), qmin, qmax) * scale
 
 

@@ -14,11 +14,15 @@ from qfsdk.models.dlib_resnet import PaddedAdd
 from qfsdk.models.layers import ResidualAdd
 
 from .fake_quant import (
+    EPS,
     fake_quant_asymmetric,
+    fake_quant_levels,
     fake_quant_symmetric,
     per_channel_amax,
     per_channel_min_max,
+    signed_range,
     symmetric_scale,
+    unsigned_range,
 )
 
 
@@ -28,12 +32,17 @@ class ActQuantizer(nn.Module):
     States: observing (calibration: pass-through, the observer sees the float values),
     tracking (QAT warm-up: running global min/max grows with every batch), or fixed.
     Until it has a range it passes values through unchanged.
+
+    A symmetric quantizer below 8 bits whose range holds no negative values (``x_min == 0``,
+    e.g. after ReLU) uses the unsigned levels [0, 2^b - 1]: still int8 with zero point 0, but
+    twice the resolution of the signed grid's positive half (``allow_unsigned=False`` opts out).
     """
 
-    def __init__(self, bits: int, symmetric: bool):
+    def __init__(self, bits: int, symmetric: bool, allow_unsigned: bool = True):
         super().__init__()
         self.bits = bits
         self.symmetric = symmetric
+        self.allow_unsigned = allow_unsigned
         self.register_buffer("x_min", torch.zeros(()))
         self.register_buffer("x_max", torch.zeros(()))
         self.register_buffer("has_range", torch.zeros((), dtype=torch.bool))
@@ -44,9 +53,18 @@ class ActQuantizer(nn.Module):
     def amax(self) -> torch.Tensor:
         return torch.maximum(self.x_min.abs(), self.x_max.abs())
 
+    @property
+    def unsigned(self) -> bool:
+        """Whether the symmetric form uses the unsigned sub-8-bit levels (see the class docstring)."""
+        return self.symmetric and self.allow_unsigned and self.bits < 8 and bool(self.x_min >= 0)
+
+    def levels(self) -> tuple[int, int]:
+        """The symmetric form's integer range (qmin, qmax), zero point 0."""
+        return unsigned_range(self.bits) if self.unsigned else signed_range(self.bits, narrow=False)
+
     def scale(self) -> torch.Tensor:
         """The symmetric step size (QuantizeLinear's y_scale)."""
-        return symmetric_scale(self.amax, self.bits, narrow=False)
+        return self.amax.clamp_min(EPS) / self.levels()[1]
 
     def set_range(self, x_min: float, x_max: float) -> None:
         self.x_min.fill_(min(x_min, 0.0))
@@ -65,11 +83,11 @@ class ActQuantizer(nn.Module):
         if not bool(self.has_range):
             return x
         if self.symmetric:
-            return fake_quant_symmetric(x, self.scale(), self.bits, narrow=False)
+            return fake_quant_levels(x, self.scale(), *self.levels())
         return fake_quant_asymmetric(x, self.x_min, self.x_max, self.bits)
 
     def extra_repr(self) -> str:
-        kind = "symmetric" if self.symmetric else "asymmetric"
+        kind = ("unsigned" if self.unsigned else "symmetric") if self.symmetric else "asymmetric"
         return f"bits={self.bits}, {kind}, range=[{float(self.x_min):.4g}, {float(self.x_max):.4g}]"
 
 

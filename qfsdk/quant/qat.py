@@ -1,10 +1,15 @@
 """Quantization-aware training with knowledge distillation (the QuantFace recipe).
 
 Teacher: the full-precision model, frozen, eval mode. Student: its quantized copy in train
-mode (BatchNorm uses batch statistics). Loss: MSE between L2-normalised embeddings; no labels.
+mode (BatchNorm uses batch statistics). Loss: MSE between L2-normalised embeddings for models
+compared by cosine (the paper's), MSE between the raw embeddings for models compared by Euclidean
+distance (dlib), whose decisions also depend on the norms; no labels.
 SGD with Nesterov momentum 0.9, weight decay 5e-4, lr 0.1 at global batch 512 scaled linearly,
 gradient-norm clip 5, lr x0.1 for the last 1/11 of the steps (the paper's last epoch),
-horizontal flips. ``freeze_bn`` keeps the student's BatchNorm on its running statistics
+horizontal flips. ``validation_images``: the last N images are held out, and every
+``validate_every`` steps the student is scored on them (minimum cosine to the teacher); the run
+ends on the best-scoring student, the PTQ start included, because a long run on a few hundred
+synthetic images drifts away from the teacher on other faces. ``freeze_bn`` keeps the student's BatchNorm on its running statistics
 (useful for small CPU batches). Every random choice is a function of (seed, step), so a resumed run repeats
 the uninterrupted one exactly on CPU. Runs unchanged under ``torchrun`` (DDP: gloo on CPU,
 nccl on GPU); rank 0 writes the checkpoints.
@@ -30,6 +35,7 @@ from qfsdk.errors import CheckpointError, ConfigError
 from qfsdk.runtime.files import atomic_output
 
 from .api import act_quantizers, quant_config_of, set_range_tracking
+from .config import KD_LOSS_CHOICES
 
 log = logging.getLogger(__name__)
 STATE_FORMAT = "qfsdk.qat-state/1"
@@ -51,17 +57,21 @@ class QATSettings:
     lr_drop_fraction: float = 1 / 11
     flip: bool = True
     freeze_bn: bool = False
-    kd_loss: str = "normalized"
+    kd_loss: str = "auto"
     seed: int = 0
     checkpoint_every: int = 100
+    validation_images: int = 0
+    validate_every: int = 100
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ConfigError("steps, batch_size and checkpoint_every must be positive")
+        if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.validate_every < 1:
+            raise ConfigError("steps, batch_size, checkpoint_every and validate_every must be positive")
+        if self.validation_images < 0:
+            raise ConfigError(f"validation_images must be 0 or more, got {self.validation_images}")
         if self.lr is not None and self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.kd_loss not in KD_LOSSES:
-            raise ConfigError(f"kd_loss must be one of {sorted(KD_LOSSES)}, got {self.kd_loss!r}")
+        if self.kd_loss not in KD_LOSS_CHOICES:
+            raise ConfigError(f"kd_loss must be one of {', '.join(KD_LOSS_CHOICES)}, got {self.kd_loss!r}")
 
     def learning_rate(self, world_size: int) -> float:
         """The paper's lr scaled linearly with the global batch, unless set explicitly."""
@@ -85,6 +95,16 @@ KD_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "normalized": lambda student, teacher, s, t: F.mse_loss(s, t),
     "raw": lambda student, teacher, s, t: F.mse_loss(student, teacher),
 }
+# ``auto``: the loss that distils what the model's contract compares.
+KD_LOSS_FOR_DISTANCE = {"cosine": "normalized", "euclidean": "raw"}
+
+
+def resolve_kd_loss(kind: str, model: nn.Module) -> str:
+    """``kind``, or for ``auto`` the loss matching the distance in ``model``'s contract (cosine if none)."""
+    if kind != "auto":
+        return kind
+    contract = getattr(model, "contract", None)
+    return KD_LOSS_FOR_DISTANCE[contract.distance if contract is not None else "cosine"]
 
 
 @lru_cache(maxsize=4)
@@ -131,11 +151,18 @@ class QATRun:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.rank, self.world = distributed_context()
-        self.student, self.teacher, self.images = student.to(self.device), teacher.eval().to(self.device), images
+        held_out = settings.validation_images
+        if held_out >= len(images):
+            raise ConfigError(f"validation_images ({held_out}) must leave training images (of {len(images)})")
+        self.images, self.validation = (images[:-held_out], images[-held_out:]) if held_out else (images, None)
+        self.student, self.teacher = student.to(self.device), teacher.eval().to(self.device)
+        self.best: dict[str, object] | None = None  # {"score", "step", "state"} of the best validated student
         self.settings, self.state_path = settings, Path(state_path)
         calibrated = all(bool(q.has_range) for _, q in act_quantizers(student))
         self.range_warmup = settings.range_warmup_steps if settings.range_warmup_steps is not None else (0 if calibrated else 299)
         self.base_lr = settings.learning_rate(self.world)
+        self.kd_loss = resolve_kd_loss(settings.kd_loss, teacher)
+        log.info("QAT distillation loss: %s", self.kd_loss)
         self.params = [p for p in student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             self.params, lr=self.base_lr, momentum=settings.momentum, nesterov=settings.nesterov, weight_decay=settings.weight_decay
@@ -159,6 +186,8 @@ class QATRun:
             buffer = self.optimizer.state.get(param, {}).get("momentum_buffer")
             if buffer is not None:
                 tensors[f"optim.{index}.momentum_buffer"] = buffer.cpu().contiguous().clone()
+        if self.best is not None:
+            tensors.update({f"best.{k}": v.contiguous().clone() for k, v in self.best["state"].items()})
         metadata = {
             "format": STATE_FORMAT,
             "step": str(self.step),
@@ -166,6 +195,7 @@ class QATRun:
             "world_size": str(self.world),
             "range_warmup": str(self.range_warmup),
             "history": json.dumps(self.history),
+            "best": json.dumps({k: v for k, v in (self.best or {}).items() if k != "state"}),
         }
         with atomic_output(self.state_path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
@@ -195,11 +225,45 @@ class QATRun:
         self.step = int(metadata["step"])
         self.range_warmup = int(metadata["range_warmup"])
         self.history = json.loads(metadata["history"])
+        best = json.loads(metadata.get("best", "{}"))
+        if best:
+            self.best = {**best, "state": {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}}
         log.info("resumed QAT from %s at step %d", path, self.step)
+
+    # -- validation ----------------------------------------------------------------------
+    def validate(self) -> float | None:
+        """Score the student on the held-out images (minimum cosine to the teacher); keep it if best."""
+        if self.validation is None:
+            return None
+        batches = self.validation.split(self.settings.batch_size)
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            cosines = torch.cat([
+                F.cosine_similarity(self.student(b.to(self.device)), self.teacher(b.to(self.device))) for b in batches
+            ])
+        self.student.train(was_training)
+        score = float(cosines.min())
+        if self.best is None or score > self.best["score"]:
+            state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
+            self.best = {"score": score, "step": self.step, "state": state}
+        return score
+
+    def finish(self) -> nn.Module:
+        """End the run: ranges frozen, the best validated student restored (if validating), eval mode, CPU."""
+        set_range_tracking(self.student, False)
+        if self.validation is not None:
+            if self.best is None or self.best["step"] != self.step:
+                self.validate()
+            self.student.load_state_dict(self.best["state"])
+            log.info("QAT keeps step %d (validation min cosine %.5f)", self.best["step"], self.best["score"])
+        return self.student.eval().cpu()
 
     # -- training ------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
         settings = self.settings
+        if self.best is None and self.validation is not None:
+            self.validate()  # the starting point (PTQ) competes too
         global_batch = settings.batch_size * self.world
         indices, flips = batch_plan(self.step, global_batch, len(self.images), settings.seed)
         mine = slice(self.rank * settings.batch_size, (self.rank + 1) * settings.batch_size)
@@ -217,13 +281,15 @@ class QATRun:
             for module in self.student.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
-        loss, cosine = distillation_loss(self.model(batch), target, settings.kd_loss)
+        loss, cosine = distillation_loss(self.model(batch), target, self.kd_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
         self.optimizer.step()
         self.step += 1
         record = {"step": self.step, "loss": float(loss.detach()), "cosine": float(cosine)}
+        if self.validation is not None and self.step % settings.validate_every == 0:
+            record["validation_min_cosine"] = self.validate()
         self.history.append(record)
         return record
 
@@ -242,8 +308,7 @@ class QATRun:
                 if self.world > 1:
                     dist.barrier()
         bar.close()
-        set_range_tracking(self.student, False)
-        return self.student.eval().cpu()
+        return self.finish()
 
 
 def train_qat(
