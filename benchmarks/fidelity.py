@@ -3,7 +3,7 @@
 Held-out data: real face chips from registry packages (tests/face_photos.py), never used for
 calibration or training. Prints one JSON document; `--out FILE` also writes it.
 
-    python benchmarks/fidelity.py                 # full run (~35 min on 2 CPU cores)
+    python benchmarks/fidelity.py                 # full run (~40 min on 2 CPU cores; --num-synthetic 256: ~55 min)
     python benchmarks/fidelity.py --qat-minutes 1 --mfn-steps 20 --num-synthetic 16   # smoke run
 """
 
