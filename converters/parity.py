@@ -23,6 +23,7 @@ import torch
 from onnx import helper
 from torch import nn
 
+from qfsdk.eval.metrics import l2_normalize
 from qfsdk.quant.modules import ActQuantizer
 
 from .qdq_export import act_form
@@ -54,7 +55,7 @@ class ParityReport:
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
 
 
 def module_name(node_name: str) -> str:
@@ -109,6 +110,8 @@ def export_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor)
     x = inputs.detach().float()
     plain = plain_session.run(None, {plain_session.get_inputs()[0].name: x.numpy()})[0]
 
+    # A second session reads every quantizer's output; the plain one above stays the deployed file as is
+    # (graph outputs on intermediate tensors can block some of ONNX Runtime's fusions).
     final = proto.graph.output[0].name
     for tensor in tensors.values():
         proto.graph.output.append(helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
