@@ -1,23 +1,27 @@
 """CPU backends: ONNX Runtime fp32, ONNX Runtime's own int8 (the peer tool) and qfsdk W8A8.
 
-    .venv/bin/python benchmarks/cpu_backends.py [--models iresnet50 mobilefacenet] [--batch-sizes 1 16]
-        [--repeats 10] [--threads 2] [--out DIR]
+    .venv/bin/python benchmarks/cpu_backends.py [--models iresnet50 mobilefacenet dlib_resnet]
+        [--batch-sizes 1 16] [--repeats 10] [--threads 2] [--out DIR]
 
-Prints one JSON document. Per model (seeded random weights: no pretrained iresnet/MobileFaceNet
-ships) and batch size: median and p90 latency of one backend call on a preprocessed batch (after
-warm-up) and images/s, for
+Prints one JSON document. Per model and batch size: median and p90 latency of one backend call on
+a preprocessed batch (after warm-up) and images/s, for
 
 * ``fp32``: the float ONNX (qfsdk.converters.onnx_export.export_float);
 * ``peer_int8``: ``onnxruntime.quantization.quantize_static`` of that ONNX, per-channel S8S8 QDQ,
   MinMax, calibrated on the same images as qfsdk;
-* ``qfsdk_w8a8``: ``qfsdk.quantize(model, "w8a8")`` + ``qfsdk.calibrate`` exported by
-  ``qfsdk.converters.export_quantized`` for each backend's target,
+* ``qfsdk_w8a8``: ``qfsdk.quantize(model, {"preset": "w8a8", "scheme": S})`` + ``qfsdk.calibrate``
+  exported by ``qfsdk.converters.export_quantized`` for each backend's target, with the placement
+  scheme made for it (``BACKEND_SCHEMES``),
 
-each on ONNX Runtime and OpenVINO (same ONNX file). Every row carries the minimum cosine of its
-embeddings vs the float PyTorch model and vs the qfsdk fake-quant PyTorch model over held-out
-images. ``summary`` gives qfsdk's best CPU backend at the largest batch against ONNX Runtime fp32
-and the peer int8 on ONNX Runtime, all measured in this run. Images are seeded uniform noise
-(calibration and evaluation sets differ).
+the fp32 and peer files each on ONNX Runtime and OpenVINO. iresnet50 and MobileFaceNet have seeded
+random weights (none ship in a package) and see seeded uniform noise (calibration and evaluation
+sets differ); dlib_resnet has its packaged weights and sees the registry's real face chips. Every
+row carries the minimum cosine of its embeddings vs the float PyTorch model; qfsdk rows also vs
+their own fake-quant PyTorch model. ``summary`` gives qfsdk's best CPU backend at the largest batch against ONNX Runtime
+fp32 and the peer int8 on ONNX Runtime, all measured in this run, and the ceilings: the speed-ups
+qfsdk W8A8 would have if everything but OpenVINO's convolution and fully connected kernels took no
+time (their time from OpenVINO's per-layer counters), which no Q/DQ placement or fusion can beat on
+this CPU.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import copy
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,11 +40,18 @@ import numpy as np
 import torch
 
 import qfsdk
+from qfsdk.converters import export_quantized
 from qfsdk.converters.onnx_export import export_float
 from qfsdk.models import create
 from qfsdk.runtime.backends import open_backend
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # face_photos: registry face chips
+
 BACKENDS = ("onnxruntime", "openvino")
+# OpenVINO runs the TensorRT placement as fast as any (conv-output quantizers change nothing there);
+# ONNX Runtime's CPU kernels run a conv in int8 only where its output is quantized too.
+BACKEND_SCHEMES = {"onnxruntime": "onnxruntime", "openvino": "tensorrt"}
+PRETRAINED = ("dlib_resnet",)  # its weights ship in a package; the others start from seeded random weights
 SEED = 0
 
 
@@ -47,6 +59,17 @@ def noise_batch(contract, count: int, seed: int) -> np.ndarray:
     """Seeded uniform-noise crops, preprocessed to the model's float32 NCHW input."""
     crops = np.random.default_rng(seed).integers(0, 256, (count, *contract.input_size, 3), dtype=np.uint8)
     return contract.preprocess(crops)
+
+
+def inputs(model: torch.nn.Module, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, str]:
+    """(calibration, evaluation) batches: real face chips for a pretrained model, else seeded noise."""
+    if model.arch in PRETRAINED:
+        from face_photos import face_chips
+
+        chips = model.contract.preprocess(np.stack(face_chips()))
+        return chips, chips, f"{len(chips)} real face chips (calibration and evaluation)"
+    contract = model.contract
+    return noise_batch(contract, args.calib_images, SEED), noise_batch(contract, args.eval_images, SEED + 1), "seeded uniform noise"
 
 
 def peer_int8(fp32: Path, path: Path, calibration: np.ndarray) -> Path:
@@ -66,8 +89,8 @@ def peer_int8(fp32: Path, path: Path, calibration: np.ndarray) -> Path:
     return path
 
 
-def qfsdk_w8a8(float_model: torch.nn.Module, calibration: np.ndarray) -> torch.nn.Module:
-    model = qfsdk.quantize(copy.deepcopy(float_model), "w8a8")
+def qfsdk_w8a8(float_model: torch.nn.Module, calibration: np.ndarray, scheme: str) -> torch.nn.Module:
+    model = qfsdk.quantize(copy.deepcopy(float_model), {"preset": "w8a8", "scheme": scheme})
     qfsdk.calibrate(model, torch.from_numpy(calibration))
     return model
 
@@ -115,36 +138,53 @@ def bench_artifact(path: Path, backend_name: str, eval_batch: np.ndarray, refere
         backend.close()
 
 
+def openvino_kernel_seconds(path: Path, batch: np.ndarray, args: argparse.Namespace) -> float:
+    """Median time OpenVINO spends in convolution and fully connected kernels for one call on ``batch``."""
+    import openvino as ov
+
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads, "PERF_COUNT": True}
+    request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+    totals = []
+    for i in range(args.warmup + args.repeats):
+        request.infer({0: batch})
+        if i >= args.warmup:
+            totals.append(sum(p.real_time.total_seconds() for p in request.profiling_info
+                              if p.node_type in ("Convolution", "GroupConvolution") or p.node_type.startswith("FullyConnected")))
+    return float(np.median(totals))
+
+
 def bench_model(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     torch.manual_seed(SEED)
-    float_model = create(name, pretrained=False)
+    float_model = create(name)
+    calibration, eval_batch, images = inputs(float_model, args)
     contract = float_model.contract
-    calibration = noise_batch(contract, args.calib_images, SEED)
-    eval_batch = noise_batch(contract, args.eval_images, SEED + 1)
     fp32 = export_float(float_model, folder / f"{name}_fp32.onnx", contract, name)
+    quantized = {b: qfsdk_w8a8(float_model, calibration, BACKEND_SCHEMES[b]) for b in BACKENDS}
     artifacts: dict[str, dict[str, Path]] = {
         "fp32": {b: fp32 for b in BACKENDS},
         "peer_int8": dict.fromkeys(BACKENDS, peer_int8(fp32, folder / f"{name}_ort_int8.onnx", calibration)),
+        "qfsdk_w8a8": {b: export_quantized(quantized[b], folder / f"{name}_w8a8_{b}.onnx", target=b) for b in BACKENDS},
     }
-    references = {"float": torch_embeddings(float_model, eval_batch)}
-    result: dict[str, Any] = {}
-    try:
-        from qfsdk.converters import export_quantized
-    except ImportError:
-        result["qfsdk_w8a8"] = {"skipped": "qfsdk.converters.export_quantized not available"}
-    else:
-        quantized = qfsdk_w8a8(float_model, calibration)
-        references["fakequant"] = torch_embeddings(quantized, eval_batch)
-        artifacts["qfsdk_w8a8"] = {b: export_quantized(quantized, folder / f"{name}_w8a8_{b}.onnx", target=b) for b in BACKENDS}
-    rows = [
-        {"artifact": artifact, **row}
-        for artifact, per_backend in artifacts.items()
-        for backend, path in per_backend.items()
-        for row in bench_artifact(path, backend, eval_batch, references, args)
-    ]
-    result["rows"] = rows
-    if "qfsdk_w8a8" in artifacts:
-        result["summary"] = summary(rows, max(args.batch_sizes))
+    float_reference = torch_embeddings(float_model, eval_batch)
+    rows = []
+    for artifact, per_backend in artifacts.items():
+        for backend, path in per_backend.items():
+            references = {"float": float_reference}
+            if artifact == "qfsdk_w8a8":
+                references["fakequant"] = torch_embeddings(quantized[backend], eval_batch)
+            rows += [{"artifact": artifact, **row} for row in bench_artifact(path, backend, eval_batch, references, args)]
+    batch_size = max(args.batch_sizes)
+    result = {"weights": "pretrained" if name in PRETRAINED else "seeded random", "images": images,
+              "rows": rows, "summary": summary(rows, batch_size)}
+    if "skipped" not in result["summary"] and not any("error" in r for r in rows if r["backend"] == "openvino"):
+        batch = np.resize(eval_batch, (batch_size, *eval_batch.shape[1:]))
+        kernels_ms = openvino_kernel_seconds(artifacts["qfsdk_w8a8"]["openvino"], batch, args) * 1e3
+        at = {(r["artifact"], r["backend"]): r["p50_ms"] for r in rows if r.get("batch_size") == batch_size}
+        result["summary"].update({
+            "openvino_conv_kernels_ms": round(kernels_ms, 2),
+            "ceiling_x_vs_ort_fp32": round(at["fp32", "onnxruntime"] / kernels_ms, 2),
+            "ceiling_x_vs_peer_int8_ort": round(at["peer_int8", "onnxruntime"] / kernels_ms, 2),
+        })
     return result
 
 

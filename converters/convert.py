@@ -24,7 +24,7 @@ from qfsdk.runtime.files import atomic_output
 
 from .graph_check import Violation, check_model
 from .onnx_export import export_float
-from .qdq_export import export_quantized, get_target, is_symmetric, to_symmetric
+from .qdq_export import default_target, export_quantized, get_target, is_symmetric, to_symmetric
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Source:
 
 @dataclass
 class ConvertOptions:
-    target: str = "tensorrt"
+    target: str | None = None  # default: the one the model's placement scheme is for (see default_target)
     precision: str | None = None  # fp32/fp16: a float export
     model_name: str | None = None  # architecture of a float checkpoint
     recalibrate: str | None = None  # "synthetic"
@@ -70,7 +70,7 @@ class ConversionReport:
     bits: str
     probes: str
     lines: list[str] = field(default_factory=list)
-    violations: list[Violation] = field(default_factory=list)
+    violations: list[Violation] | None = None  # None: not checked (the rules are TensorRT's)
     fidelity: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -84,7 +84,10 @@ class ConversionReport:
         ]
         for name, stats in self.fidelity.items():
             out.append(f"{name}: min cosine {stats['min']:.5f}, mean {stats['mean']:.5f} ({self.probes})")
-        out.append("qfsdk check:  " + ("passes" if not self.violations else f"{len(self.violations)} violation(s)"))
+        if self.violations is None:
+            out.append("qfsdk check:  not run (its rules are TensorRT's)")
+        else:
+            out.append("qfsdk check:  " + ("passes" if not self.violations else f"{len(self.violations)} violation(s)"))
         return "\n".join(out)
 
 
@@ -237,8 +240,13 @@ def _bits(model: nn.Module) -> str:
 
 def convert(text: str, output: str | Path, options: ConvertOptions) -> ConversionReport:
     """Convert ``text`` (a file or zoo name) to an ONNX file at ``output``; nothing is written on failure."""
-    target = get_target(options.target)
     source = read_input(text, options)
+    target = get_target(options.target or default_target(source.model))
+    config = getattr(source.model, "quant_config", None)
+    if target.name == "tensorrt" and config is not None and config.scheme == "onnxruntime" and not options.allow_nonconforming:
+        raise QfsdkError(f"{text}: its quantizers use the onnxruntime placement (conv outputs quantized, Q/DQ into "
+                         "PReLU), which TensorRT cannot fuse; convert it with --target onnxruntime (or openvino), or "
+                         "calibrate with --scheme tensorrt for TensorRT")
     if options.int6_plugin and not source.quantized:
         raise QfsdkError("--int6-plugin applies to quantized models; a float export has no activation quantizers")
     if options.simplify and source.quantized:

@@ -14,6 +14,8 @@ from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.metadata import ARCHITECTURE_KEY, CONTRACT_KEY, VERSION_KEY
 
+from .graph_tools import bypass_identities, unshare_prelu_slopes
+
 DEFAULT_OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
@@ -40,6 +42,8 @@ def export_float(
     path = Path(path)
     with atomic_output(path) as tmp:
         proto = torchscript_export(model, example, tmp, opset)
+        bypass_identities(proto)
+        unshare_prelu_slopes(proto)
         if simplify:
             proto = simplify_float_graph(proto)
         add_metadata(proto, contract, architecture)

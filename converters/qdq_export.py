@@ -34,9 +34,10 @@ from qfsdk.runtime.files import atomic_output
 from .graph_tools import (
     bypass_identities,
     constants_to_initializers,
-    fold_batchnorm_into_weights,
+    fold_affine_into_weights,
     remove_unused_initializers,
     split_shared_qdq,
+    unshare_prelu_slopes,
 )
 from .onnx_export import DEFAULT_OPSET, add_metadata, torchscript_export
 from .qdq_forms import (
@@ -71,6 +72,16 @@ TARGETS: dict[str, Target] = {
         Target("openvino", False, "OpenVINO CPU/iGPU: int8 Q/DQ, nonzero zero points allowed"),
     )
 }
+
+
+# The target a placement scheme is made for, where it is not tensorrt.
+SCHEME_TARGETS = {"onnxruntime": "onnxruntime"}
+
+
+def default_target(model: nn.Module) -> str:
+    """``onnxruntime`` for a model quantized with the onnxruntime placement, else ``tensorrt``."""
+    config = getattr(model, "quant_config", None)
+    return SCHEME_TARGETS.get(config.scheme, "tensorrt") if config is not None else "tensorrt"
 
 
 def get_target(name: str) -> Target:
@@ -188,8 +199,9 @@ def export_quantized(
             proto = torchscript_export(model, example, tmp, opset)
             constants_to_initializers(proto)
             bypass_identities(proto)
+            unshare_prelu_slopes(proto)
             split_shared_qdq(proto)
-            fold_batchnorm_into_weights(proto)
+            fold_affine_into_weights(proto)
             remove_unused_initializers(proto)
             attach_plugin_reference(proto, opset)
             metadata = {"qfsdk.target": spec.name, **quantization_metadata(model), **(extra_metadata or {})}

@@ -223,3 +223,50 @@ def test_bad_input_is_one_clear_line(tmp_path, dlib_fp32_onnx):
     result = runner.invoke(main, ["convert", "dlib_resnet", "-o", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and "--fp32" in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def openvino_standalone_prelus(path: Path) -> int:
+    """PRelu layers OpenVINO's CPU plugin runs as their own pass instead of fusing them into a conv."""
+    ov = pytest.importorskip("openvino")
+    layers = [op.get_rt_info() for op in ov.Core().compile_model(str(path), "CPU").get_runtime_model().get_ordered_ops()]
+    return sum(info["layerType"].astype(str) == "Eltwise" and "prelu" in info["originalLayersNames"].astype(str).lower()
+               for info in layers)
+
+
+def test_every_prelu_has_its_own_slope_so_openvino_fuses_it(exports, tmp_path):
+    """The exporter stores identical slopes once; OpenVINO then leaves those PRelus unfused."""
+    float_path = tmp_path / "mobilefacenet_fp32.onnx"
+    result = CliRunner().invoke(main, ["convert", "mobilefacenet", "--fp32", "-o", str(float_path)])
+    assert result.exit_code == 0, result.output
+    for path in (exports["mobilefacenet", "w8a8"]["onnx"], float_path):
+        graph = onnx.load(str(path)).graph
+        slopes = [n.input[1] for n in graph.node if n.op_type == "PRelu"]
+        readers = [sum(name in n.input for n in graph.node) for name in slopes]
+        assert len(slopes) > 10 and readers == [1] * len(slopes), path.name
+        assert openvino_standalone_prelus(path) == 0, path.name
+
+
+def test_onnxruntime_placement_runs_every_conv_in_int8_on_onnx_runtime(tmp_path):
+    """``--scheme onnxruntime`` checkpoints convert for ONNX Runtime by default, which then fuses each
+    conv into QLinearConv; TensorRT is refused with the fix named."""
+    torch.manual_seed(0)
+    model = create("iresnet18")
+    x = probe_inputs(model)
+    config = {"preset": "w8a8", "scheme": "onnxruntime"}
+    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), x, method="minmax")
+    checkpoint = qfsdk.save_quantized(quantized, tmp_path / "iresnet18_ort.safetensors")
+    output = tmp_path / "iresnet18_ort.onnx"
+    runner = CliRunner()
+    result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "target:       onnxruntime" in result.output and "onnxruntime placement" in result.output
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(output), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QLinearConv") == 21 and "Conv" not in ops
+    assert export_parity(quantized, output, x).forced_cosine.min() >= PARITY
+
+    refused = tmp_path / "iresnet18_trt.onnx"
+    result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(refused), "--target", "tensorrt"])
+    assert result.exit_code != 0 and "--scheme tensorrt" in result.output and not refused.exists()

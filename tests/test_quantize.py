@@ -9,7 +9,7 @@ import qfsdk
 from qfsdk.errors import CheckpointError, ConfigError
 from qfsdk.models import create
 from qfsdk.quant import LayerOverride, preset
-from qfsdk.quant.modules import ActQuantizer, QuantConv2d, QuantLinear, QuantPReLU, QuantResidualAdd
+from qfsdk.quant.modules import ActQuantizer, QuantBatchNorm2d, QuantConv2d, QuantLinear, QuantPReLU, QuantResidualAdd
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,18 @@ def test_tensorrt_placement(mfn):
     assert modules["conv_3.model.0.add"].skip_quantizer is not None
     assert type(modules["conv1.prelu"]) is torch.nn.PReLU  # no Q/DQ around PReLU for TensorRT
     assert set(model.state_dict()) >= set(mfn.state_dict())  # float keys keep their names
+
+
+def test_onnxruntime_placement_quantizes_every_conv_output():
+    """The BatchNorm that finishes each conv gets an output quantizer; an iresnet block's leading BatchNorm does not."""
+    model = qfsdk.quantize(create("iresnet18", pretrained=False), {"preset": "w8a8", "scheme": "onnxruntime"})
+    modules = dict(model.named_modules())
+    quantized_bns = {name for name, m in modules.items() if isinstance(m, QuantBatchNorm2d)}
+    convs = [name for name, m in modules.items() if isinstance(m, QuantConv2d)]
+    assert len(quantized_bns) == len(convs) == 21
+    assert {"bn1", "layer1.0.bn2", "layer1.0.bn3", "layer2.0.downsample.1"} <= quantized_bns
+    assert type(modules["layer1.0.bn1"]) is torch.nn.BatchNorm2d and type(modules["bn2"]) is torch.nn.BatchNorm2d
+    assert modules["layer1.0.conv1"].input_quantizer is not None  # the tensorrt placement's quantizers stay
 
 
 def test_quantface_placement_is_the_papers(mfn):

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from qfsdk.errors import ConfigError
+from qfsdk.quant.config import ASYMMETRIC_SCHEMES, SCHEMES
 
 
 def model_options(fn: Callable) -> Callable:
@@ -29,8 +30,10 @@ def quant_options(fn: Callable) -> Callable:
     """``--bits``, ``--scheme``, ``--keep-8bit`` and ``--config``."""
 
     @click.option("--bits", default="w8a8", show_default=True, help="Preset: w8a8, w6a6, w4a8 or w4a4.")
-    @click.option("--scheme", type=click.Choice(["tensorrt", "quantface"]), default="tensorrt", show_default=True,
-                  help="Quantizer placement: deployable symmetric (tensorrt) or the paper's asymmetric (quantface).")
+    @click.option("--scheme", type=click.Choice(SCHEMES), default="tensorrt", show_default=True,
+                  help="Quantizer placement: symmetric at conv inputs (tensorrt; also what OpenVINO runs fastest), "
+                       "plus conv outputs so ONNX Runtime's CPU kernels run int8 (onnxruntime), or the paper's "
+                       "asymmetric one (quantface).")
     @click.option("--keep-8bit", "keep_8bit", multiple=True, metavar="PATTERN",
                   help="Layer name pattern kept at W8A8 (repeatable), e.g. 'conv1*' or 'fc'.")
     @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -54,7 +57,7 @@ def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file
         config = QuantConfig.from_dict(data)
     else:
         fields = {"preset": bits, "scheme": scheme}
-        if observer and scheme == "tensorrt":
+        if observer and scheme not in ASYMMETRIC_SCHEMES:
             fields["observer"] = observer.partition(":")[0]
         config = QuantConfig.from_dict(fields)
     return config.with_overrides(*(LayerOverride(p, 8, 8) for p in keep_8bit))

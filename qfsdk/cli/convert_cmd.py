@@ -10,8 +10,9 @@ import click
 @click.command()
 @click.argument("source")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime", "openvino"]), default="tensorrt", show_default=True,
-              help="Backend the graph is made for: tensorrt needs symmetric int8; the others keep nonzero zero points.")
+@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime", "openvino"]),
+              help="Backend the graph is made for: tensorrt needs symmetric int8; the others keep nonzero zero points. "
+                   "Default: onnxruntime for a checkpoint calibrated with --scheme onnxruntime, else tensorrt.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Float export of a zoo model or float checkpoint.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Float16 export of a zoo model or float checkpoint.")
 @click.option("--model", "model_name", help="Architecture of a float checkpoint (see `qfsdk models`).")
@@ -41,7 +42,7 @@ def convert(source, output, target, precision, model_name, recalibrate, num_imag
                              allow_nonconforming=allow_nonconforming, int6_plugin=int6_plugin, simplify=simplify)
     report = run_convert(source, output, options)
     click.echo(report.summary())
-    for violation in report.violations:
+    for violation in report.violations or []:
         click.echo(f"  {violation}")
     if triton_repo is not None:
         from qfsdk.converters.triton import write_triton_repo

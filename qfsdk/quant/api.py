@@ -13,8 +13,8 @@ from qfsdk.calib.data import as_batches
 from qfsdk.calib.observers import make_observer
 from qfsdk.errors import ConfigError, QfsdkError
 
-from .config import QuantConfig, resolve_config
-from .modules import SCHEME_RULES, ActQuantizer, QuantModule, convert
+from .config import ASYMMETRIC_SCHEMES, QuantConfig, resolve_config
+from .modules import CONV_FINISHERS, SCHEME_RULES, ActQuantizer, QuantModule, conv_finishers, convert
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +22,25 @@ log = logging.getLogger(__name__)
 def quantizable_layers(model: nn.Module, scheme: str) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of every layer ``scheme`` would convert."""
     rules = SCHEME_RULES[scheme]
-    return [(name, module) for name, module in model.named_modules() if type(module) in rules]
+    layers = [(name, module) for name, module in model.named_modules() if type(module) in rules]
+    if any(kind in rules for kind in CONV_FINISHERS):  # only a BatchNorm/affine right after a conv is quantized
+        finishing = conv_finishers(model)
+        layers = [(name, module) for name, module in layers if type(module) not in CONV_FINISHERS or name in finishing]
+    return layers
 
 
 def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "w8a8") -> nn.Module:
     """Prepare ``model`` for quantization in place and return it.
 
-    Float Conv2d/Linear/residual-add (and, for the ``quantface`` scheme, PReLU/ReLU) modules
-    are swapped for fake-quantized ones through the scheme's registry. The config is validated
-    (presets, bits, layer patterns) before anything changes and is kept as ``model.quant_config``.
+    Float Conv2d/Linear/residual-add modules (and, for the ``onnxruntime`` scheme, the BatchNorms or
+    dlib affines that finish a conv; for ``quantface``, PReLU/ReLU) are swapped for fake-quantized
+    ones through the scheme's registry. The config is validated (presets, bits, layer patterns)
+    before anything changes and is kept as ``model.quant_config``.
     """
     config = check_config(model, config)
     layers = quantizable_layers(model, config.scheme)
     rules = SCHEME_RULES[config.scheme]
-    symmetric = config.scheme == "tensorrt"
+    symmetric = config.scheme not in ASYMMETRIC_SCHEMES
     for name, module in layers:
         weight_bits, act_bits, enabled = config.bits_for(name)
         if enabled:

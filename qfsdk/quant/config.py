@@ -16,7 +16,8 @@ PRESETS: dict[str, dict[str, int]] = {
     "w4a8": {"weight_bits": 4, "act_bits": 8},
     "w4a4": {"weight_bits": 4, "act_bits": 4},
 }
-SCHEMES = ("tensorrt", "quantface")
+SCHEMES = ("tensorrt", "onnxruntime", "quantface")
+ASYMMETRIC_SCHEMES = ("quantface",)  # the paper's quantizer; the others are symmetric int8, zero point 0
 OBSERVERS = ("minmax", "percentile", "mse")
 MIN_BITS, MAX_BITS = 2, 8
 KD_LOSS_CHOICES = ("auto", "normalized", "raw")  # QAT distillation losses (qfsdk.quant.qat.KD_LOSSES, plus auto)
@@ -69,10 +70,12 @@ class QuantConfig:
     """What to quantize and how.
 
     ``scheme='tensorrt'``: symmetric int (zero point 0), per-output-channel weights, per-tensor
-    activations at Conv/Gemm inputs and residual skip inputs. ``scheme='quantface'``: the
-    paper's asymmetric quantizer, after every PReLU and residual add. ``unsigned_acts``:
-    sub-8-bit symmetric activations that calibrate to no negative values use [0, 2^b - 1]
-    (still int8, zero point 0; one more bit of resolution after ReLU).
+    activations at Conv/Gemm inputs and residual skip inputs. ``scheme='onnxruntime'``: the same
+    plus the output of every BatchNorm (or dlib affine) that finishes a conv, so ONNX Runtime's CPU
+    kernels fuse each conv into an int8 QLinearConv (a conv whose output is not quantized runs in
+    float there). ``scheme='quantface'``: the paper's asymmetric quantizer, after every PReLU and
+    residual add. ``unsigned_acts``: sub-8-bit symmetric activations that calibrate to no negative
+    values use [0, 2^b - 1] (still int8, zero point 0; one more bit of resolution after ReLU).
     """
 
     weight_bits: int = 8
@@ -94,7 +97,7 @@ class QuantConfig:
             raise ConfigError(f"unsigned_acts must be true or false, got {self.unsigned_acts!r}")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.scheme == "quantface" and self.observer != "minmax":
+        if self.scheme in ASYMMETRIC_SCHEMES and self.observer != "minmax":
             raise ConfigError("scheme 'quantface' uses the paper's running min/max ranges: use observer 'minmax'")
         object.__setattr__(self, "overrides", tuple(self.overrides))
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qfsdk.models.dlib_resnet import PaddedAdd
+from qfsdk.models.dlib_resnet import Affine, PaddedAdd
 from qfsdk.models.layers import ResidualAdd
 
 from .fake_quant import (
@@ -193,6 +193,52 @@ class QuantReLU(nn.ReLU, QuantModule):
         return self.output_quantizer(super().forward(x))
 
 
+class _OutputQuantMixin(QuantModule):
+    """A per-channel scale/shift that finishes a conv, with its output quantized (the ``onnxruntime``
+    scheme; the export folds the scale/shift into the conv, which then ends in a Q/DQ pair)."""
+
+    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
+        self.output_quantizer = ActQuantizer(act_bits, symmetric)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.output_quantizer(super().forward(x))
+
+
+class QuantBatchNorm2d(_OutputQuantMixin, nn.BatchNorm2d):
+    """A BatchNorm that finishes a conv, output quantized."""
+
+
+class QuantAffine(_OutputQuantMixin, Affine):
+    """dlib's affine layer after a conv, output quantized."""
+
+
+CONV_FINISHERS = (nn.BatchNorm2d, Affine)  # float types the onnxruntime scheme quantizes only right after a conv
+
+
+def conv_finishers(model: nn.Module) -> set[str]:
+    """Names of the :data:`CONV_FINISHERS` modules whose input is a Conv2d's output, found by one
+    forward pass on zeros of the model's contract input size."""
+    contract = getattr(model, "contract", None)
+    if contract is None:
+        raise ValueError(f"{type(model).__name__} has no preprocessing contract to trace its conv -> BatchNorm pairs with")
+    conv_outputs: dict[int, torch.Tensor] = {}  # holding the tensors keeps their ids from being reused
+    found: set[str] = set()
+    names = {module: name for name, module in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda _m, _i, out: conv_outputs.setdefault(id(out), out))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_pre_hook(lambda m, args: found.add(names[m]) if id(args[0]) in conv_outputs else None)
+              for m in model.modules() if type(m) in CONV_FINISHERS]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, *contract.input_size))
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return found
+
+
 # Which float module types each placement scheme converts, and into what.
 SCHEME_RULES: dict[str, dict[type, type]] = {
     "tensorrt": {
@@ -200,6 +246,14 @@ SCHEME_RULES: dict[str, dict[type, type]] = {
         nn.Linear: QuantLinear,
         ResidualAdd: QuantResidualAdd,
         PaddedAdd: QuantPaddedAdd,
+    },
+    "onnxruntime": {
+        nn.Conv2d: QuantConv2d,
+        nn.Linear: QuantLinear,
+        ResidualAdd: QuantResidualAdd,
+        PaddedAdd: QuantPaddedAdd,
+        nn.BatchNorm2d: QuantBatchNorm2d,
+        Affine: QuantAffine,
     },
     "quantface": {
         nn.Conv2d: QuantConv2d,
