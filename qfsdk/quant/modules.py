@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qfsdk.errors import ConfigError
 from qfsdk.models.dlib_resnet import Affine, PaddedAdd
 from qfsdk.models.layers import ResidualAdd
 
@@ -220,7 +221,8 @@ def conv_finishers(model: nn.Module) -> set[str]:
     forward pass on zeros of the model's contract input size."""
     contract = getattr(model, "contract", None)
     if contract is None:
-        raise ValueError(f"{type(model).__name__} has no preprocessing contract to trace its conv -> BatchNorm pairs with")
+        raise ConfigError(f"scheme 'onnxruntime' traces {type(model).__name__} on its contract's input size, and it has "
+                          "no contract: set model.contract = FaceContract(...) first")
     conv_outputs: dict[int, torch.Tensor] = {}  # holding the tensors keeps their ids from being reused
     found: set[str] = set()
     names = {module: name for name, module in model.named_modules()}
