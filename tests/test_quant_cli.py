@@ -44,6 +44,16 @@ def test_calibrate_from_folder_writes_a_loadable_checkpoint(tmp_path, face_folde
     assert model.quant_config.weight_bits == 8 and model.calibration["images"] == 12
 
 
+def test_calibrate_with_the_onnxruntime_placement_reloads(tmp_path, face_folder):
+    """The conv -> BatchNorm pairs are traced again on load, so the checkpoint fits the rebuilt model."""
+    out = tmp_path / "mfn_ort.safetensors"
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--scheme", "onnxruntime", "-o", out)
+    assert result.exit_code == 0, result.output
+    model = qfsdk.load(out)
+    assert model.quant_config.scheme == "onnxruntime"
+    assert sum(type(m).__name__ == "QuantBatchNorm2d" for m in model.modules()) == 49
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
