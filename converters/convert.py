@@ -273,6 +273,9 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
                 if deployable is source.model:
                     deployable = copy.deepcopy(source.model)
                 report.lines.append("recalibrate:  " + recalibrate_synthetic(deployable, source, options))
+            if target.name == "onnxruntime" and config is not None and config.scheme != "onnxruntime":
+                report.lines.append("note:         ONNX Runtime's CPU kernels run these convs in float (their outputs are "
+                                    "not quantized); calibrate with --scheme onnxruntime for int8 QLinearConv")
             export_quantized(deployable, tmp, target=target.name, contract=source.contract,
                              architecture=source.architecture, opset=options.opset, act_plugin=options.int6_plugin)
             if options.int6_plugin:

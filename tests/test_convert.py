@@ -270,3 +270,11 @@ def test_onnxruntime_placement_runs_every_conv_in_int8_on_onnx_runtime(tmp_path)
     refused = tmp_path / "iresnet18_trt.onnx"
     result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(refused), "--target", "tensorrt"])
     assert result.exit_code != 0 and "--scheme tensorrt" in result.output and not refused.exists()
+
+
+def test_onnxruntime_target_of_the_tensorrt_placement_says_how_to_get_int8_convs(exports, tmp_path):
+    output = tmp_path / "mfn_for_ort.onnx"
+    result = CliRunner().invoke(main, ["convert", str(exports["mobilefacenet", "w8a8"]["checkpoint"]), "-o", str(output),
+                                       "--target", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    assert "calibrate with --scheme onnxruntime" in result.output and "qfsdk check:  not run" in result.output
