@@ -241,9 +241,9 @@ def _bits(model: nn.Module) -> str:
 def convert(text: str, output: str | Path, options: ConvertOptions) -> ConversionReport:
     """Convert ``text`` (a file or zoo name) to an ONNX file at ``output``; nothing is written on failure."""
     source = read_input(text, options)
-    target = get_target(options.target or default_target(source.model))
-    config = getattr(source.model, "quant_config", None)
-    if target.name == "tensorrt" and config is not None and config.scheme == "onnxruntime" and not options.allow_nonconforming:
+    made_for = default_target(source.model)
+    target = get_target(options.target or made_for)
+    if target.name == "tensorrt" and made_for != "tensorrt" and not options.allow_nonconforming:
         raise QfsdkError(f"{text}: its quantizers use the onnxruntime placement (conv outputs quantized, Q/DQ into "
                          "PReLU), which TensorRT cannot fuse; convert it with --target onnxruntime (or openvino), or "
                          "calibrate with --scheme tensorrt for TensorRT")
@@ -273,7 +273,7 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
                 if deployable is source.model:
                     deployable = copy.deepcopy(source.model)
                 report.lines.append("recalibrate:  " + recalibrate_synthetic(deployable, source, options))
-            if target.name == "onnxruntime" and config is not None and config.scheme != "onnxruntime":
+            if target.name == "onnxruntime" and made_for != "onnxruntime":
                 report.lines.append("note:         ONNX Runtime's CPU kernels run these convs in float (their outputs are "
                                     "not quantized); calibrate with --scheme onnxruntime for int8 QLinearConv")
             export_quantized(deployable, tmp, target=target.name, contract=source.contract,

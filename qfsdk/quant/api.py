@@ -37,8 +37,7 @@ def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "
     ones through the scheme's registry. The config is validated (presets, bits, layer patterns)
     before anything changes and is kept as ``model.quant_config``.
     """
-    config = check_config(model, config)
-    layers = quantizable_layers(model, config.scheme)
+    config, layers = _checked(model, config)
     rules = SCHEME_RULES[config.scheme]
     symmetric = config.scheme not in ASYMMETRIC_SCHEMES
     for name, module in layers:
@@ -54,6 +53,11 @@ def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "
 
 def check_config(model: nn.Module, config: QuantConfig | str | Mapping[str, Any]) -> QuantConfig:
     """Validate ``config`` against ``model`` without changing it (layer patterns must match)."""
+    return _checked(model, config)[0]
+
+
+def _checked(model: nn.Module, config: QuantConfig | str | Mapping[str, Any]) -> tuple[QuantConfig, list[tuple[str, nn.Module]]]:
+    """The validated config and the layers it converts (found once: the onnxruntime scheme traces the model)."""
     config = resolve_config(config)
     if any(isinstance(m, QuantModule) for m in model.modules()):
         raise ConfigError("model is already quantized; quantize the float model")
@@ -61,7 +65,7 @@ def check_config(model: nn.Module, config: QuantConfig | str | Mapping[str, Any]
     if not layers:
         raise ConfigError(f"model {type(model).__name__} has no layers that scheme {config.scheme!r} quantizes")
     config.check_patterns(name for name, _ in layers)
-    return config
+    return config, layers
 
 
 def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:

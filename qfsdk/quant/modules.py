@@ -184,33 +184,27 @@ class QuantPReLU(nn.PReLU, QuantModule):
         return self.output_quantizer(F.prelu(x, slope))
 
 
-class QuantReLU(nn.ReLU, QuantModule):
-    """QuantFace: ReLU followed by an activation quantizer (as the reference wraps ReLU)."""
-
-    def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
-        self.output_quantizer = ActQuantizer(act_bits, symmetric)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.output_quantizer(super().forward(x))
-
-
 class _OutputQuantMixin(QuantModule):
-    """A per-channel scale/shift that finishes a conv, with its output quantized (the ``onnxruntime``
-    scheme; the export folds the scale/shift into the conv, which then ends in a Q/DQ pair)."""
+    """The float module's output, then an activation quantizer."""
 
     def setup(self, weight_bits: int, act_bits: int, symmetric: bool) -> None:
         self.output_quantizer = ActQuantizer(act_bits, symmetric)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.output_quantizer(super().forward(x))
+
+
+class QuantReLU(_OutputQuantMixin, nn.ReLU):
+    """QuantFace: ReLU followed by an activation quantizer (as the reference wraps ReLU)."""
 
 
 class QuantBatchNorm2d(_OutputQuantMixin, nn.BatchNorm2d):
-    """A BatchNorm that finishes a conv, output quantized."""
+    """A BatchNorm that finishes a conv, output quantized (the ``onnxruntime`` scheme: the export folds
+    it into the conv, which then ends in a Q/DQ pair that ONNX Runtime fuses into QLinearConv)."""
 
 
 class QuantAffine(_OutputQuantMixin, Affine):
-    """dlib's affine layer after a conv, output quantized."""
+    """dlib's affine layer after a conv, output quantized (as :class:`QuantBatchNorm2d`)."""
 
 
 CONV_FINISHERS = (nn.BatchNorm2d, Affine)  # float types the onnxruntime scheme quantizes only right after a conv

@@ -157,7 +157,7 @@ class QATRun:
         self.images, self.validation = (images[:-held_out], images[-held_out:]) if held_out else (images, None)
         self.student, self.teacher = student.to(self.device), teacher.eval().to(self.device)
         self.best: dict[str, object] | None = None  # {"score", "step", "state"} of the best validated student
-        self._validation_targets: list[torch.Tensor] | None = None  # the teacher's, computed once
+        self._validation_set: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (batch, teacher's embeddings), made once
         self.settings, self.state_path = settings, Path(state_path)
         calibrated = all(bool(q.has_range) for _, q in act_quantizers(student))
         self.range_warmup = settings.range_warmup_steps if settings.range_warmup_steps is not None else (0 if calibrated else 299)
@@ -236,13 +236,13 @@ class QATRun:
         """Score the student on the held-out images (minimum cosine to the teacher); keep it if best."""
         if self.validation is None:
             return None
-        batches = [b.to(self.device) for b in self.validation.split(self.settings.batch_size)]
         was_training = self.student.training
         self.student.eval()
         with torch.no_grad():
-            if self._validation_targets is None:
-                self._validation_targets = [self.teacher(b) for b in batches]
-            cosines = torch.cat([F.cosine_similarity(self.student(b), t) for b, t in zip(batches, self._validation_targets)])
+            if self._validation_set is None:
+                batches = [b.to(self.device) for b in self.validation.split(self.settings.batch_size)]
+                self._validation_set = [(b, self.teacher(b)) for b in batches]
+            cosines = torch.cat([F.cosine_similarity(self.student(b), t) for b, t in self._validation_set])
         self.student.train(was_training)
         score = float(cosines.min())
         if self.best is None or score > self.best["score"]:
