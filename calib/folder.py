@@ -1,7 +1,8 @@
-"""A folder of face images (PNG/JPEG/BMP/WebP, nested) as a :class:`~qfsdk.calib.data.BatchSource`.
+"""A folder of face images (nested; the suffixes ``qfsdk embed`` reads) as a :class:`~qfsdk.calib.data.BatchSource`.
 
-Images are decoded batch by batch (memory stays bounded), EXIF-rotated, converted to RGB
-(grayscale, palette and RGBA are fine; alpha is dropped) and fitted to the contract's size:
+Images are decoded batch by batch (memory stays bounded) by the runtime's loader
+(:mod:`qfsdk.runtime.images`, as ``qfsdk embed`` decodes crops): EXIF-rotated, converted
+to RGB (grayscale, palette and RGBA are fine; alpha is dropped) and fitted to the contract's size:
 a pure resize when the aspect ratio already matches, else a centre crop to the contract's
 aspect ratio followed by the resize. Files that cannot be read are skipped, never a crash:
 one warning (count and first names) when the source is built, and one more only if a file
@@ -17,14 +18,14 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime.contract import FaceContract
+from qfsdk.runtime.images import DECODE_ERRORS, IMAGE_SUFFIXES, UnreadableImage, load_image
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 NAMED_IN_WARNING = 3  # unreadable files listed by name in the warning
-READ_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+READ_ERRORS = (UnreadableImage, *DECODE_ERRORS)  # opening a file (Pillow) or decoding it (load_image)
 
 
 def find_images(root: Path) -> list[Path]:
@@ -36,16 +37,6 @@ def find_images(root: Path) -> list[Path]:
         and path.is_file()
         and not any(part.startswith(".") for part in path.relative_to(root).parts)
     )
-
-
-def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode ``path`` into a uint8 RGB array of ``size`` (H, W), centre-cropped to its aspect ratio."""
-    height, width = size
-    with Image.open(path) as image:
-        image.draft("RGB", (width, height))  # JPEG: decode at a reduced scale when that is enough
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        fitted = ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)
-    return np.asarray(fitted, dtype=np.uint8)
 
 
 def _header_readable(path: Path) -> bool:
@@ -143,6 +134,6 @@ class ImageFolderSource:
     def _no_images_error(self, unreadable: int) -> QfsdkError:
         found = f" ({unreadable} file(s) with image suffixes could not be read)" if unreadable else ""
         return QfsdkError(
-            f"{self.root}: no readable images{found}; expected PNG/JPEG/BMP/WebP files "
+            f"{self.root}: no readable images{found}; expected image files "
             f"({', '.join(sorted(IMAGE_SUFFIXES))}), possibly in subfolders"
         )

@@ -13,8 +13,9 @@ random flips and jitter, and a diversity term (mean pairwise cosine of the batch
 * ``embedding-inversion``: for any model: each image is pulled towards its own random unit
   target embedding (targets are diverse by construction).
 
-``auto`` picks the first of these the model supports, in that order. benchmarks/synth.py
-measures the choice: W8A8 error when calibrated on synthetic images vs on real faces.
+``auto`` picks the first of these the model supports, in that order. ``METHODS`` is the one
+registry of them (the CLI's choices and help come from it). benchmarks/synth.py measures the
+choice: W8A8 error when calibrated on synthetic images vs on real faces.
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from qfsdk.calib.data import batch_seed, pixels_to_input
-from qfsdk.errors import ConfigError
+from qfsdk.errors import ConfigError, did_you_mean
 from qfsdk.models.dlib_resnet import Affine
 from qfsdk.runtime.contract import FaceContract
 
-METHODS = ("bn-inversion", "affine-inversion", "embedding-inversion")
 AUTO = "auto"
 FOLDED_BN_TYPES: tuple[type[nn.Module], ...] = (Affine,)
 EPS = 1e-5
@@ -74,31 +75,6 @@ def _folded_batchnorms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, FOLDED_BN_TYPES)]
 
 
-def supported_methods(model: nn.Module) -> list[str]:
-    """The methods ``model`` supports, in the order ``auto`` prefers them."""
-    found = {
-        "bn-inversion": bool(_batchnorms(model)),
-        "affine-inversion": bool(_folded_batchnorms(model)),
-        "embedding-inversion": True,
-    }
-    return [name for name in METHODS if found[name]]
-
-
-def resolve_method(model: nn.Module, method: str) -> str:
-    """``method`` checked against what ``model`` supports; ``auto`` becomes the preferred one."""
-    supported = supported_methods(model)
-    if method == AUTO:
-        return supported[0]
-    if method not in METHODS:
-        raise ConfigError(f"unknown synthesis method {method!r}; choose {AUTO} or one of {', '.join(METHODS)}")
-    if method not in supported:
-        raise ConfigError(
-            f"{method} needs layers this model lacks (BatchNorm running statistics for bn-inversion, "
-            f"folded-BatchNorm affine layers for affine-inversion); it supports: {', '.join(supported)}"
-        )
-    return method
-
-
 def _stat_loss(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     """Distance of ``x``'s per-channel batch mean and std from targets, in units of the target std."""
     dims = [d for d in range(x.ndim) if d != 1]
@@ -123,23 +99,6 @@ def _unit_stats_hook(losses: list[torch.Tensor]) -> Callable:
         losses.append(_stat_loss(output, output.new_zeros(()), output.new_ones(())))
 
     return hook
-
-
-@contextlib.contextmanager
-def _collect_stat_losses(model: nn.Module, method: str) -> Iterator[list[torch.Tensor]]:
-    """Hooks adding one statistics loss per layer to the yielded list at every forward."""
-    losses: list[torch.Tensor] = []
-    if method == "bn-inversion":
-        handles = [bn.register_forward_pre_hook(_running_stats_hook(losses)) for bn in _batchnorms(model)]
-    elif method == "affine-inversion":
-        handles = [layer.register_forward_hook(_unit_stats_hook(losses)) for layer in _folded_batchnorms(model)]
-    else:
-        handles = []
-    try:
-        yield losses
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _mean_pairwise_cosine(embeddings: torch.Tensor) -> torch.Tensor:
@@ -172,21 +131,120 @@ def _augment(pixels01: torch.Tensor, settings: InversionSettings, rng: torch.Gen
     return pixels01
 
 
+def _statistics_loss(
+    embeddings: torch.Tensor, stat_losses: list[torch.Tensor], targets: torch.Tensor, settings: InversionSettings
+) -> torch.Tensor:
+    """The per-layer statistics losses the method's hooks collected, averaged."""
+    if not stat_losses:
+        return embeddings.new_zeros(())
+    return settings.stat_weight * torch.stack(stat_losses).mean()
+
+
+def _target_embedding_loss(
+    embeddings: torch.Tensor, stat_losses: list[torch.Tensor], targets: torch.Tensor, settings: InversionSettings
+) -> torch.Tensor:
+    """One minus each image's cosine to its own random unit target embedding, averaged."""
+    cosine = F.cosine_similarity(embeddings.flatten(1), targets, dim=1)
+    return settings.embedding_weight * (1 - cosine).mean()
+
+
+def _running_stats_hooks(model: nn.Module, losses: list[torch.Tensor]) -> list[RemovableHandle]:
+    return [bn.register_forward_pre_hook(_running_stats_hook(losses)) for bn in _batchnorms(model)]
+
+
+def _unit_stats_hooks(model: nn.Module, losses: list[torch.Tensor]) -> list[RemovableHandle]:
+    return [layer.register_forward_hook(_unit_stats_hook(losses)) for layer in _folded_batchnorms(model)]
+
+
+def _no_hooks(model: nn.Module, losses: list[torch.Tensor]) -> list[RemovableHandle]:
+    return []
+
+
+@dataclass(frozen=True)
+class InversionMethod:
+    """One synthesis method: what it needs, how it hooks the model and what it minimises."""
+
+    name: str
+    description: str  # one line, for `qfsdk synth --help`
+    requires: str | None  # the layers ``applies`` looks for (None: any model)
+    applies: Callable[[nn.Module], bool]
+    attach: Callable[[nn.Module, list[torch.Tensor]], list[RemovableHandle]]  # hooks appending statistics losses
+    loss: Callable[[torch.Tensor, list[torch.Tensor], torch.Tensor, InversionSettings], torch.Tensor]
+
+
+# Name -> method, in the order ``auto`` prefers them.
+METHODS: dict[str, InversionMethod] = {
+    m.name: m
+    for m in (
+        InversionMethod("bn-inversion", "match every BatchNorm input's batch mean/std to its running statistics",
+                        "BatchNorm running statistics", lambda model: bool(_batchnorms(model)),
+                        _running_stats_hooks, _statistics_loss),
+        InversionMethod("affine-inversion", "pull every folded-BatchNorm affine output (dlib) towards N(0, 1)",
+                        "folded-BatchNorm affine layers", lambda model: bool(_folded_batchnorms(model)),
+                        _unit_stats_hooks, _statistics_loss),
+        InversionMethod("embedding-inversion", "pull each image towards its own random unit embedding (any model)",
+                        None, lambda model: True, _no_hooks, _target_embedding_loss),
+    )
+}  # fmt: skip
+
+
+def method_names() -> list[str]:
+    """Every name ``--method`` accepts: ``auto``, then the methods in preference order."""
+    return [AUTO, *METHODS]
+
+
+def methods_help() -> str:
+    """Every method name with what it does, for command-line help."""
+    lines = [f"{AUTO}: the first of the following that the model supports"]
+    return "; ".join(lines + [f"{m.name}: {m.description}" for m in METHODS.values()])
+
+
+def get_method(name: str) -> InversionMethod:
+    """The method called ``name``; an unknown name is a ConfigError suggesting the closest one."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown synthesis method {name!r}{did_you_mean(name, method_names())} "
+                          f"(choose {AUTO} or one of {', '.join(METHODS)})")
+    return METHODS[name]
+
+
+def supported_methods(model: nn.Module) -> list[str]:
+    """The methods ``model`` supports, in the order ``auto`` prefers them."""
+    return [name for name, method in METHODS.items() if method.applies(model)]
+
+
+def resolve_method(model: nn.Module, method: str) -> str:
+    """``method`` checked against what ``model`` supports; ``auto`` becomes the preferred one."""
+    supported = supported_methods(model)
+    if method == AUTO:
+        return supported[0]
+    spec = get_method(method)
+    if method not in supported:
+        raise ConfigError(f"{method} needs {spec.requires}, which this model lacks; it supports: {', '.join(supported)}")
+    return method
+
+
 def _model_loss(
     embeddings: torch.Tensor,
     stat_losses: list[torch.Tensor],
-    method: str,
+    method: InversionMethod,
     targets: torch.Tensor,
     settings: InversionSettings,
 ) -> torch.Tensor:
-    """Statistics matching (or target embeddings) plus the diversity term."""
-    loss = settings.diversity_weight * _mean_pairwise_cosine(embeddings)
-    if stat_losses:
-        loss = loss + settings.stat_weight * torch.stack(stat_losses).mean()
-    if method == "embedding-inversion":
-        cosine = F.cosine_similarity(embeddings.flatten(1), targets, dim=1)
-        loss = loss + settings.embedding_weight * (1 - cosine).mean()
-    return loss
+    """The method's own loss plus the diversity term."""
+    diversity = settings.diversity_weight * _mean_pairwise_cosine(embeddings)
+    return diversity + method.loss(embeddings, stat_losses, targets, settings)
+
+
+@contextlib.contextmanager
+def _collect_stat_losses(model: nn.Module, method: InversionMethod) -> Iterator[list[torch.Tensor]]:
+    """Hooks adding one statistics loss per layer to the yielded list at every forward."""
+    losses: list[torch.Tensor] = []
+    handles = method.attach(model, losses)
+    try:
+        yield losses
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextlib.contextmanager
@@ -213,6 +271,7 @@ def invert_batch(
     Deterministic for a given ``seed`` on a given machine and thread count. ``on_step`` is
     called after every optimisation step (progress bars).
     """
+    spec = get_method(method)
     rng = torch.Generator().manual_seed(seed)  # on the CPU: the same images whatever the model's device
     device = next(model.parameters()).device
     height, width = contract.input_size
@@ -221,12 +280,12 @@ def invert_batch(
     targets = F.normalize(torch.randn(size, contract.embedding_size, generator=rng), dim=1).to(device)
     optimizer = torch.optim.Adam([pixels], lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.iterations)
-    with _eval_mode(model), _collect_stat_losses(model, method) as stat_losses:
+    with _eval_mode(model), _collect_stat_losses(model, spec) as stat_losses:
         for _ in range(settings.iterations):
             stat_losses.clear()
             view = _augment(pixels, settings, rng)
             embeddings = model(pixels_to_input(view * 255, contract))
-            loss = _image_priors(view, settings) + _model_loss(embeddings, stat_losses, method, targets, settings)
+            loss = _image_priors(view, settings) + _model_loss(embeddings, stat_losses, spec, targets, settings)
             optimizer.zero_grad(set_to_none=True)
             loss.backward(inputs=[pixels])
             optimizer.step()

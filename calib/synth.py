@@ -27,6 +27,7 @@ from qfsdk.calib.inversion import AUTO, InversionSettings, batch_seeds, invert_b
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output, sha256_file
+from qfsdk.runtime.manifest import describe_changes, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +92,7 @@ def _run_settings(
 
 def _read_manifest(directory: Path) -> dict | None:
     """The folder's manifest, None if it has none."""
-    path = directory / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise QfsdkError(f"{path}: unreadable manifest ({exc}); delete the folder to start over") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise QfsdkError(f"{path}: not a qfsdk synthetic dataset manifest (expected format {FORMAT!r})")
-    return manifest
+    return read_manifest(directory / MANIFEST, FORMAT)
 
 
 def _write_manifest(directory: Path, settings: dict, batches_done: int, batches: int) -> None:
@@ -113,13 +105,7 @@ def _write_manifest(directory: Path, settings: dict, batches_done: int, batches:
         "files": IMAGE_NAME,
         "settings": settings,
     }
-    with atomic_output(directory / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def _describe_changes(old: dict, new: dict) -> str:
-    changed = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
-    return "; ".join(f"{key}: {old.get(key)!r} before, {new.get(key)!r} now" for key in changed)
+    write_manifest(directory / MANIFEST, manifest, sort_keys=True)
 
 
 def _batches_to_skip(directory: Path, settings: dict) -> int:
@@ -131,10 +117,10 @@ def _batches_to_skip(directory: Path, settings: dict) -> int:
         if directory.is_dir() and any(directory.iterdir()):
             raise QfsdkError(f"{directory}: folder is not empty and has no {MANIFEST}; choose an empty or new folder")
         return 0
-    if manifest.get("settings") != settings:
+    changes = describe_changes(manifest.get("settings") or {}, settings)
+    if changes:
         raise QfsdkError(
-            f"{directory} holds a dataset made with other settings "
-            f"({_describe_changes(manifest['settings'], settings)}); "
+            f"{directory} holds a dataset made with other settings ({changes}); "
             "rerun with the same settings to resume it, or write to another folder"
         )
     done = int(manifest.get("batches_done", 0))

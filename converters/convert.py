@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from qfsdk.errors import QfsdkError
+from qfsdk.models.card import card_of
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output
 
 from .graph_check import Violation, check_model
 from .onnx_export import export_float
-from .qdq_export import default_target, export_quantized, get_target, is_symmetric, to_symmetric
+from .qdq_export import Target, default_target, export_quantized, get_target, is_symmetric, to_symmetric
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ConvertOptions:
     target: str | None = None  # default: the one the model's placement scheme is for (see default_target)
     precision: str | None = None  # fp32/fp16: a float export
     model_name: str | None = None  # architecture of a float checkpoint
-    recalibrate: str | None = None  # "synthetic"
+    recalibrate: str | None = None  # a RECALIBRATIONS name
     num_images: int = 32
     iterations: int | None = None
     probe_images: Path | None = None
@@ -111,7 +112,8 @@ def _read_qfsdk_checkpoint(text: str, options: ConvertOptions) -> Source:
     import qfsdk
 
     model = qfsdk.load(text)
-    return Source(model, model.arch, model.contract, "qfsdk quantized checkpoint", True, text)
+    card = card_of(model)
+    return Source(model, card.architecture, card.contract, "qfsdk quantized checkpoint", True, text)
 
 
 def _is_float(text: str, options: ConvertOptions) -> bool:
@@ -215,6 +217,10 @@ def recalibrate_synthetic(model: nn.Module, source: Source, options: ConvertOpti
     return f"ranges re-fitted on {options.num_images} synthetic images (percentile)"
 
 
+# --recalibrate NAME -> the function re-fitting a deployable model's ranges (returns its report line).
+RECALIBRATIONS: dict[str, Callable[[nn.Module, Source, ConvertOptions], str]] = {"synthetic": recalibrate_synthetic}
+
+# The note for converting, for these targets, a model whose placement is made for another target.
 def plugin_summary(path: Path) -> str:
     """How many sub-8-bit activation quantizers became ``qfsdk::FakeQuantize`` plugin nodes."""
     import onnx
@@ -231,27 +237,102 @@ def plugin_summary(path: Path) -> str:
 
 
 def _bits(model: nn.Module) -> str:
-    config = getattr(model, "quant_config", None)
+    card = card_of(model, required=False)
+    config = card.quant_config if card is not None else None
     return "float" if config is None else f"W{config.weight_bits}A{config.act_bits} ({config.scheme} placement)"
 
 
 # ---- the pipeline --------------------------------------------------------------------------------------------------
 
 
-def convert(text: str, output: str | Path, options: ConvertOptions) -> ConversionReport:
-    """Convert ``text`` (a file or zoo name) to an ONNX file at ``output``; nothing is written on failure."""
-    source = read_input(text, options)
+def choose_target(text: str, source: Source, options: ConvertOptions) -> Target:
+    """``options.target``, else the target the model's placement is made for; refuses (unless
+    ``allow_nonconforming``) a symmetric-only target for a placement made for another one."""
     made_for = default_target(source.model)
     target = get_target(options.target or made_for)
-    if target.name == "tensorrt" and made_for != "tensorrt" and not options.allow_nonconforming:
+    if target.symmetric_only and target.name != made_for and not options.allow_nonconforming:
         raise QfsdkError(f"{text}: its quantizers use the onnxruntime placement (conv outputs quantized, Q/DQ into "
                          "PReLU), which TensorRT cannot fuse; convert it with --target onnxruntime (or openvino), or "
                          "calibrate with --scheme tensorrt for TensorRT")
+    return target
+
+
+def check_options(source: Source, options: ConvertOptions) -> None:
+    """Refuse options that do not apply to this kind of source."""
+    if options.precision not in (None, *PRECISIONS):
+        raise QfsdkError(f"unknown precision {options.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if options.recalibrate not in (None, *RECALIBRATIONS):
+        raise QfsdkError(f"unknown recalibration {options.recalibrate!r}; choose one of {', '.join(RECALIBRATIONS)}")
     if options.int6_plugin and not source.quantized:
         raise QfsdkError("--int6-plugin applies to quantized models; a float export has no activation quantizers")
     if options.simplify and source.quantized:
         raise QfsdkError("--simplify is for float exports: onnx-simplifier folds int8 weights back to float, and Q/DQ "
                          "graphs get qfsdk's own exact clean-up already")
+
+
+def placement_note(source: Source, target: Target) -> str | None:
+    """What the target loses on a model whose placement is made for another target, if anything."""
+    return target.placement_note if default_target(source.model) != target.name else None
+
+
+def deployable_model(source: Source, target: Target, options: ConvertOptions, report: ConversionReport) -> nn.Module:
+    """The quantized source in the form ``target`` runs: symmetric quantizers for a symmetric-only
+    target, ranges re-fitted on request (on a copy: the source model stays the reference)."""
+    deployable = source.model
+    if target.symmetric_only and not is_symmetric(source.model):
+        deployable = to_symmetric(source.model)
+        report.lines.append("quantizers:   asymmetric -> symmetric for TensorRT (ranges widened to [-amax, amax])")
+    if options.recalibrate is not None:
+        if deployable is source.model:
+            deployable = copy.deepcopy(source.model)
+        report.lines.append("recalibrate:  " + RECALIBRATIONS[options.recalibrate](deployable, source, options))
+    return deployable
+
+
+def write_float(source: Source, path: Path, options: ConvertOptions, probes: torch.Tensor, reference: np.ndarray,
+                report: ConversionReport) -> None:
+    """Export the float source to ``path`` and measure it against PyTorch."""
+    report.bits = options.precision or "fp32"
+    export_float(source.model, path, source.contract, source.architecture, opset=options.opset,
+                 fp16=options.precision == "fp16", simplify=options.simplify)
+    report.fidelity["ONNX vs PyTorch float"] = cosine_stats(reference, run_onnx(path, probes))
+
+
+def write_quantized(source: Source, target: Target, path: Path, options: ConvertOptions, probes: torch.Tensor,
+                    reference: np.ndarray, report: ConversionReport) -> None:
+    """Export the quantized source as a Q/DQ graph for ``target`` to ``path`` and measure it."""
+    deployable = deployable_model(source, target, options, report)
+    note = placement_note(source, target)
+    if note is not None:
+        report.lines.append("note:         " + note)
+    export_quantized(deployable, path, target=target.name, contract=source.contract,
+                     architecture=source.architecture, opset=options.opset, act_plugin=options.int6_plugin)
+    if options.int6_plugin:
+        report.lines.append("activations:  " + plugin_summary(path))
+    onnx_out = run_onnx(path, probes)
+    report.fidelity["ONNX vs source model"] = cosine_stats(reference, onnx_out)
+    if deployable is not source.model:
+        with torch.no_grad():
+            report.fidelity["ONNX vs deployable PyTorch model"] = cosine_stats(deployable(probes).numpy(), onnx_out)
+
+
+def check_for_target(path: Path, target: Target, options: ConvertOptions) -> list[Violation] | None:
+    """``qfsdk check``'s violations for a TensorRT graph (None for other targets: the rules are
+    TensorRT's); refuses a nonconforming graph unless ``allow_nonconforming``."""
+    if not target.symmetric_only:
+        return None
+    violations = check_model(path)
+    if violations and not options.allow_nonconforming:
+        listing = "\n".join(f"  {v}" for v in violations)
+        raise QfsdkError(f"the exported graph breaks TensorRT rules; nothing written (pass --allow-nonconforming to keep it):\n{listing}")
+    return violations
+
+
+def convert(text: str, output: str | Path, options: ConvertOptions) -> ConversionReport:
+    """Convert ``text`` (a file or zoo name) to an ONNX file at ``output``; nothing is written on failure."""
+    source = read_input(text, options)
+    target = choose_target(text, source, options)
+    check_options(source, options)
     output = Path(output)
     probes, probe_text = probe_batch(source.contract, options)
     with torch.no_grad():
@@ -259,35 +340,9 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
     report = ConversionReport(source.description, source.architecture, f"{target.name} ({target.description})", output,
                               _bits(source.model), probe_text)
     with atomic_output(output) as tmp:
-        if not source.quantized:
-            report.bits = options.precision or "fp32"
-            export_float(source.model, tmp, source.contract, source.architecture, opset=options.opset,
-                         fp16=options.precision == "fp16", simplify=options.simplify)
-            report.fidelity["ONNX vs PyTorch float"] = cosine_stats(reference, run_onnx(tmp, probes))
+        if source.quantized:
+            write_quantized(source, target, tmp, options, probes, reference, report)
         else:
-            deployable = source.model
-            if target.symmetric_only and not is_symmetric(source.model):
-                deployable = to_symmetric(source.model)
-                report.lines.append("quantizers:   asymmetric -> symmetric for TensorRT (ranges widened to [-amax, amax])")
-            if options.recalibrate == "synthetic":
-                if deployable is source.model:
-                    deployable = copy.deepcopy(source.model)
-                report.lines.append("recalibrate:  " + recalibrate_synthetic(deployable, source, options))
-            if target.name == "onnxruntime" and made_for != "onnxruntime":
-                report.lines.append("note:         ONNX Runtime's CPU kernels run these convs in float (their outputs are "
-                                    "not quantized); calibrate with --scheme onnxruntime for int8 QLinearConv")
-            export_quantized(deployable, tmp, target=target.name, contract=source.contract,
-                             architecture=source.architecture, opset=options.opset, act_plugin=options.int6_plugin)
-            if options.int6_plugin:
-                report.lines.append("activations:  " + plugin_summary(tmp))
-            onnx_out = run_onnx(tmp, probes)
-            report.fidelity["ONNX vs source model"] = cosine_stats(reference, onnx_out)
-            if deployable is not source.model:
-                with torch.no_grad():
-                    report.fidelity["ONNX vs deployable PyTorch model"] = cosine_stats(deployable(probes).numpy(), onnx_out)
-        if target.symmetric_only:
-            report.violations = check_model(tmp)
-            if report.violations and not options.allow_nonconforming:
-                listing = "\n".join(f"  {v}" for v in report.violations)
-                raise QfsdkError(f"the exported graph breaks TensorRT rules; nothing written (pass --allow-nonconforming to keep it):\n{listing}")
+            write_float(source, tmp, options, probes, reference, report)
+        report.violations = check_for_target(tmp, target, options)
     return report

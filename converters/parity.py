@@ -24,10 +24,8 @@ from onnx import helper
 from torch import nn
 
 from qfsdk.eval.metrics import l2_normalize
+from qfsdk.quant.export_forms import ActForm
 from qfsdk.quant.modules import ActQuantizer
-
-from .qdq_export import act_form
-from .qdq_forms import ActForm
 
 # Nodes whose output is an activation quantizer's dequantized value, named by the exporter's module scope.
 _OUTPUT_OPS = {"DequantizeLinear", "FakeQuantize"}
@@ -123,14 +121,14 @@ def export_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor)
 
     def record_input(name: str, quantizer: ActQuantizer):
         def record(module, args, output):
-            inputs_seen[name] = (args[0].data_ptr(), act_form(quantizer))
+            inputs_seen[name] = (args[0].data_ptr(), quantizer.form())
 
         return record
 
     counts = {"differing": 0, "codes": 0, "tie": 0.0}
 
     def hook_for(name: str, quantizer: ActQuantizer):
-        form = act_form(quantizer)
+        form = quantizer.form()
 
         def force(module, args, output):
             forced = torch.from_numpy(results[tensors[name]])

@@ -15,20 +15,19 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
-import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import onnx
 import torch
 from torch import nn
 
 from qfsdk.errors import QfsdkError
+from qfsdk.models.card import card_of
 from qfsdk.quant.api import quant_config_of
-from qfsdk.quant.fake_quant import fake_quant_asymmetric
-from qfsdk.quant.modules import ActQuantizer, QuantPReLU, WeightQuantizer
+from qfsdk.quant.modules import ActQuantizer, WeightQuantizer, exporting
+from qfsdk.quant.schemes import get_scheme
 from qfsdk.runtime.files import atomic_output
 
 from .graph_tools import (
@@ -40,48 +39,37 @@ from .graph_tools import (
     unshare_prelu_slopes,
 )
 from .onnx_export import DEFAULT_OPSET, add_metadata, torchscript_export
-from .qdq_forms import (
-    ActForm,
-    FloatConstant,
-    WeightDQ,
-    act_plugin,
-    act_qdq,
-    asymmetric_act_form,
-    asymmetric_weight_form,
-    attach_plugin_reference,
-    symmetric_weight_form,
-)
-
-log = logging.getLogger(__name__)
+from .qdq_forms import attach_plugin_reference
 
 
 @dataclass(frozen=True)
 class Target:
-    """What a deployment backend can run."""
+    """What a deployment backend can run; ``placement_note``: what a model placed for another target loses here."""
 
     name: str
     symmetric_only: bool
     description: str
+    placement_note: str | None = None
 
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("tensorrt", True, "TensorRT explicit quantization: symmetric int8, zero point 0"),
-        Target("onnxruntime", False, "ONNX Runtime CPU/GPU: int8 Q/DQ, nonzero zero points allowed"),
+        Target("onnxruntime", False, "ONNX Runtime CPU/GPU: int8 Q/DQ, nonzero zero points allowed",
+               "ONNX Runtime's CPU kernels run these convs in float (their outputs are not quantized); "
+               "calibrate with --scheme onnxruntime for int8 QLinearConv"),
         Target("openvino", False, "OpenVINO CPU/iGPU: int8 Q/DQ, nonzero zero points allowed"),
     )
 }
 
 
-# The target a placement scheme is made for, where it is not tensorrt.
-SCHEME_TARGETS = {"onnxruntime": "onnxruntime"}
-
-
 def default_target(model: nn.Module) -> str:
-    """``onnxruntime`` for a model quantized with the onnxruntime placement, else ``tensorrt``."""
-    config = getattr(model, "quant_config", None)
-    return SCHEME_TARGETS.get(config.scheme, "tensorrt") if config is not None else "tensorrt"
+    """The target the model's placement scheme is made for (``onnxruntime`` for that scheme); ``tensorrt``
+    for other schemes and float models."""
+    card = card_of(model, required=False)
+    config = card.quant_config if card is not None else None
+    return get_scheme(config.scheme).target if config is not None else "tensorrt"
 
 
 def get_target(name: str) -> Target:
@@ -105,63 +93,11 @@ def is_symmetric(model: nn.Module) -> bool:
     return all(m.symmetric for m in model.modules() if isinstance(m, (ActQuantizer, WeightQuantizer)))
 
 
-def act_form(quantizer: ActQuantizer) -> ActForm:
-    """The Q/DQ parameters (scale, zero point, integer range) of a calibrated activation quantizer."""
-    if not bool(quantizer.has_range):
-        raise QfsdkError("an activation quantizer has no range: calibrate the model (qfsdk calibrate) before exporting")
-    if quantizer.symmetric:
-        qmin, qmax = quantizer.levels()
-        return ActForm(scale=float(quantizer.scale()), zero_point=0, qmin=qmin, qmax=qmax)
-    return asymmetric_act_form(float(quantizer.x_min), float(quantizer.x_max), quantizer.bits)
-
-
-def _act_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
-    return act_qdq(x, act_form(self))
-
-
-def _act_plugin_export_forward(self: ActQuantizer, x: torch.Tensor) -> torch.Tensor:
-    """Sub-8-bit: one ``qfsdk::FakeQuantize`` node; 8-bit keeps its Q/DQ pair."""
-    form = act_form(self)
-    return act_plugin(x, form) if self.bits < 8 else act_qdq(x, form)
-
-
-def _weight_export_forward(self: WeightQuantizer, weight: torch.Tensor) -> torch.Tensor:
-    form = symmetric_weight_form(weight, self.bits) if self.symmetric else asymmetric_weight_form(weight, self.bits)
-    if form is None:
-        log.info("a %s weight has a channel of one sign: its QuantFace values are stored as float", tuple(weight.shape))
-        return FloatConstant.apply(weight, WeightQuantizer.forward(self, weight).detach().numpy())
-    return WeightDQ.apply(weight, form)
-
-
-def _prelu_export_forward(self: QuantPReLU, x: torch.Tensor) -> torch.Tensor:
-    # The slope is a constant: bake its fake-quantized value; the output keeps its quantizer.
-    slope = self.weight.detach()
-    slope = fake_quant_asymmetric(slope, slope.min(), slope.max(), self.slope_bits)
-    return self.output_quantizer(torch.nn.functional.prelu(x, slope))
-
-
-EXPORT_FORWARDS: dict[type, Callable] = {
-    ActQuantizer: _act_export_forward,
-    WeightQuantizer: _weight_export_forward,
-    QuantPReLU: _prelu_export_forward,
-}
-
-
 @contextlib.contextmanager
 def export_mode(model: nn.Module, act_plugin: bool = False) -> Iterator[nn.Module]:
-    """Route every quantizer through its Q/DQ (or, with ``act_plugin``, FakeQuantize) form during an export."""
-    forwards = {**EXPORT_FORWARDS, ActQuantizer: _act_plugin_export_forward} if act_plugin else EXPORT_FORWARDS
-    patched = []
-    for module in model.modules():
-        forward = forwards.get(type(module))
-        if forward is not None:
-            module.forward = types.MethodType(forward, module)
-            patched.append(module)
-    try:
+    """Every quantizer emits its Q/DQ form (with ``act_plugin``, FakeQuantize below 8 bits) during an export."""
+    with exporting(model, "plugin" if act_plugin else "qdq"):
         yield model
-    finally:
-        for module in patched:
-            del module.forward
 
 
 def export_quantized(
@@ -184,8 +120,9 @@ def export_quantized(
     """
     spec = get_target(target)
     quant_config_of(model)  # a clear error for a model that was never quantized
-    contract = contract or getattr(model, "contract", None)
-    architecture = architecture or getattr(model, "arch", None) or type(model).__name__
+    card = card_of(model)
+    contract = contract or card.contract
+    architecture = architecture or card.architecture
     if contract is None:
         raise QfsdkError("the model has no preprocessing contract; pass contract=FaceContract(...)")
     if spec.symmetric_only and not is_symmetric(model):
@@ -225,5 +162,5 @@ def quantization_metadata(model: nn.Module) -> dict[str, str]:
     return {
         "qfsdk.quant_config": config.to_json(),
         "qfsdk.layer_bits": json.dumps(layers, sort_keys=True),
-        "qfsdk.calibration": json.dumps(getattr(model, "calibration", None), sort_keys=True),
+        "qfsdk.calibration": json.dumps(card_of(model).calibration, sort_keys=True),
     }

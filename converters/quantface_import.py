@@ -219,8 +219,8 @@ def _config(bits: dict[str, tuple[int, int]]) -> QuantConfig:
 def import_quantface(path: str | Path) -> ImportedQuantFace:
     """Rebuild a QuantFace quantized checkpoint as a qfsdk model (eval mode, ranges fixed)."""
     import qfsdk
-    from qfsdk.checkpoints import describe_mismatch
-    from qfsdk.models import create
+    from qfsdk.models.weights import describe_mismatch
+    from qfsdk.models import card_of, create
 
     path = Path(path)
     root = read_quantface_pickle(path)
@@ -232,6 +232,6 @@ def import_quantface(path: str | Path) -> ImportedQuantFace:
     if problems:
         raise CheckpointError(f"{path}: does not map onto qfsdk's {architecture}: {problems}")
     model.load_state_dict(state)
-    model.calibration = {"method": "quantface-checkpoint", "source": path.name}
+    card_of(model).calibration = {"method": "quantface-checkpoint", "source": path.name}
     log.info("imported %s from %s (%s)", architecture, path, config.to_json())
     return ImportedQuantFace(model.eval(), architecture, config.weight_bits, config.act_bits)

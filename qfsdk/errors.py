@@ -3,27 +3,13 @@
 Every error a user can fix (a bad file, a wrong option, a missing optional package)
 derives from :class:`QfsdkError`. The CLI prints these as one line on stderr and exits
 non-zero; anything else is a bug and keeps its traceback.
+
+The classes live in :mod:`qfsdk.runtime.errors` so the runtime stays self-contained; these
+are the same objects.
 """
 
 from __future__ import annotations
 
+from qfsdk.runtime.errors import CheckpointError, ConfigError, MissingDependencyError, QfsdkError, did_you_mean
 
-class QfsdkError(Exception):
-    """Base class for errors caused by user input or the environment."""
-
-
-class CheckpointError(QfsdkError):
-    """A weights file cannot be read or does not fit the model."""
-
-
-class MissingDependencyError(QfsdkError):
-    """An optional package is needed for this feature."""
-
-    def __init__(self, package: str, feature: str, install: str):
-        super().__init__(f"{feature} needs the '{package}' package: install it with `{install}`")
-        self.package = package
-        self.install = install
-
-
-class ConfigError(QfsdkError):
-    """A configuration value is unknown or inconsistent."""
+__all__ = ["CheckpointError", "ConfigError", "MissingDependencyError", "QfsdkError", "did_you_mean"]

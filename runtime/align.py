@@ -32,6 +32,13 @@ import numpy as np
 
 Points = Sequence[Sequence[float]] | np.ndarray
 
+# Five-point templates by name, (x, y) in their model input's pixels. "arcface": insightface's
+# 112x112 template: eye on the image's left, eye on its right, nose tip, mouth corner on the
+# left, mouth corner on the right.
+TEMPLATES: dict[str, tuple[tuple[float, float], ...]] = {
+    "arcface": ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041)),
+}
+
 
 def fit_similarity(source: Points, target: Points) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares similarity ``(A, c)`` with ``target ~= source @ A.T + c`` (float64, no reflection)."""

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .embedder import Embedder
-from .images import UnreadableImage, load_rgb, resize
+from .images import UnreadableImage, fit, load_rgb
 
 
 @dataclass
@@ -52,7 +52,7 @@ def embed_files(embedder: Embedder, files: Sequence[Path], landmarks: dict[Path,
                         continue
                     points.append(found)
                 elif pixels.shape[:2] != size:
-                    pixels = resize(pixels, size)
+                    pixels = fit(pixels, size)
                     result.resized.append(path)
                 if grayscale:
                     result.grayscale.append(path)

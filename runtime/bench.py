@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qfsdk.errors import QfsdkError
+from .errors import QfsdkError
 
 
 def peak_rss_mib() -> float:

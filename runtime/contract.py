@@ -1,25 +1,92 @@
-"""The preprocessing contract a face model is meant to be used with.
+"""The contract a model is meant to be used with: its task, preprocessing and outputs.
 
 Torch-free: the runtime reads the same contract from ONNX metadata or an engine sidecar,
-so preprocessing is identical wherever a model runs.
+so preprocessing is identical wherever a model runs. Each task has one contract class in
+:data:`CONTRACTS` (``embedder``: :class:`FaceContract`); the JSON form names the task, and
+JSON without one (files written before tasks existed) is an embedder's.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import numpy as np
 
 DISTANCES = ("cosine", "euclidean")
 # Which way the alignment's least-squares similarity is fitted (see qfsdk.runtime.align).
 TEMPLATE_FITS = ("landmarks_to_template", "template_to_landmarks")
+DEFAULT_TASK = "embedder"  # the task of a contract JSON that names none (written before tasks)
+
+C = TypeVar("C", bound="ModelContract")
 
 
 @dataclass(frozen=True)
-class FaceContract:
-    """How to feed a face model and how to compare its embeddings.
+class ModelContract:
+    """What every task's contract shares: the ``task`` name and a JSON form that carries it.
+
+    A new task (a face detector) subclasses this as a frozen dataclass with its own ``task`` and
+    fields, decorated with :func:`register_contract`; model files then read back as that class.
+    """
+
+    task: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        values = dict(data)
+        task = values.pop("task", DEFAULT_TASK)
+        if task != cls.task:
+            raise ValueError(f"a {task!r} contract is not a {cls.__name__} (task {cls.task!r})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown contract fields {unknown}; known: {sorted(known)}")
+        return cls(**{key: _tuples(value) for key, value in values.items()})
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        return cls.from_dict(json.loads(text))
+
+
+CONTRACTS: dict[str, type[ModelContract]] = {}
+
+
+def register_contract(cls: type[C]) -> type[C]:
+    """Class decorator: ``cls`` becomes the contract of its ``task``."""
+    CONTRACTS[cls.task] = cls
+    return cls
+
+
+def contract_from_dict(data: Mapping[str, Any]) -> ModelContract:
+    """The contract of the task ``data`` names (none: :data:`DEFAULT_TASK`)."""
+    task = data.get("task", DEFAULT_TASK)
+    if task not in CONTRACTS:
+        raise ValueError(f"unknown contract task {task!r}; known: {sorted(CONTRACTS)}")
+    return CONTRACTS[task].from_dict(data)
+
+
+def contract_from_json(text: str) -> ModelContract:
+    """:func:`contract_from_dict` of a JSON text."""
+    return contract_from_dict(json.loads(text))
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists as (nested) tuples, as the frozen contracts hold them."""
+    return tuple(map(_tuples, value)) if isinstance(value, list) else value
+
+
+
+@register_contract
+@dataclass(frozen=True)
+class FaceContract(ModelContract):
+    """How to feed a face embedding model and how to compare its embeddings.
 
     Pixels are normalised per channel as ``(pixel - mean) / std`` with ``pixel`` in 0..255,
     in ``channel_order``, laid out NCHW.
@@ -27,7 +94,11 @@ class FaceContract:
     ``template`` holds the five landmark positions (x, y) in the model input's pixel coordinates
     (pixel centres at integers) that full images are warped to; ``template_fit`` says in which
     direction the similarity transform is fitted (:mod:`qfsdk.runtime.align`).
+    ``embedding_output`` names the model output that holds the embedding (None: its only, or
+    first, output).
     """
+
+    task: ClassVar[str] = DEFAULT_TASK
 
     input_size: tuple[int, int]
     embedding_size: int
@@ -39,6 +110,7 @@ class FaceContract:
     threshold: float | None = None
     template: tuple[tuple[float, float], ...] | None = None
     template_fit: str = "landmarks_to_template"
+    embedding_output: str | None = None
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
@@ -76,27 +148,3 @@ class FaceContract:
         std = np.asarray(self.std, np.float32)
         normalised = (batch.astype(np.float32) - mean) / std
         return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FaceContract":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown contract fields {unknown}; known: {sorted(known)}")
-        values = dict(data)
-        for key in ("input_size", "mean", "std"):
-            if key in values:
-                values[key] = tuple(values[key])
-        if values.get("template") is not None:
-            values["template"] = tuple(tuple(point) for point in values["template"])
-        return cls(**values)
-
-    @classmethod
-    def from_json(cls, text: str) -> "FaceContract":
-        return cls.from_dict(json.loads(text))

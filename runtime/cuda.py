@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from qfsdk.errors import MissingDependencyError, QfsdkError
+from .errors import MissingDependencyError, QfsdkError
 
 
 class CudaError(QfsdkError):

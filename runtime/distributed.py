@@ -16,7 +16,6 @@ system. Ray and pyarrow are imported only when used (``pip install 'qfsdk[ray]'`
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,17 +23,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from qfsdk.errors import QfsdkError
-
 from .backends.base import import_optional
 from .batch_embed import embed_files
 from .embedder import Embedder
+from .errors import QfsdkError
 from .files import atomic_output, sha256_file
 from .images import UnreadableImage, collect_images, load_rgb
+from .manifest import describe_changes, read_manifest, write_manifest
 from .metadata import read_contract
 
 FORMAT = "qfsdk-gallery/1"
 MANIFEST = "manifest.json"
+HASHES = ("model_sha256", "inputs_sha256")  # manifest keys a refusal names without their values
 ERRORS = "errors"
 
 
@@ -95,61 +95,68 @@ def embed_gallery(
     if not files:
         raise QfsdkError(f"no image files in {', '.join(map(str, inputs))}")
     paths = [str(p) for p in files]
-    shards = (len(paths) + shard_size - 1) // shard_size
-    manifest = {
+    manifest = _manifest(model_path, paths, shard_size, {"backend": backend, "flip": flip, "normalize": normalize})
+    _claim(out_dir, manifest)
+    rows = [{"shard": i, "paths": paths[i * shard_size : (i + 1) * shard_size]}
+            for i in range(manifest["shards"]) if not _shard_file(out_dir, i).is_file()]  # fmt: skip
+    done: list[dict[str, Any]] = []
+    if rows:
+        embedder_options = {"model_path": str(model_path.absolute()), "out_dir": str(out_dir.absolute()),
+                            "cwd": str(Path.cwd()), "shard_size": shard_size, "backend": backend,
+                            "batch_size": batch_size, "flip": flip, "normalize": normalize, "threads": threads}  # fmt: skip
+        done = _embed_shards(ray, rows, embedder_options, address, actors, threads, gpus_per_actor)
+    return _result(out_dir, len(paths), manifest["shards"], done)
+
+
+def _manifest(model_path: Path, paths: list[str], shard_size: int, options: dict[str, Any]) -> dict[str, Any]:
+    """What pins a gallery: the model, the inputs, the sharding and the options that change the embeddings."""
+    return {
         "format": FORMAT,
         "model_sha256": sha256_file(model_path),
         "embedding_size": read_contract(model_path).embedding_size,
         "images": len(paths),
         "inputs_sha256": hashlib.sha256("\n".join(paths).encode()).hexdigest(),
         "shard_size": shard_size,
-        "shards": shards,
-        "options": {"backend": backend, "flip": flip, "normalize": normalize},
+        "shards": (len(paths) + shard_size - 1) // shard_size,
+        "options": options,
     }
-    _claim(out_dir, manifest)
-    pending = [i for i in range(shards) if not _shard_file(out_dir, i).is_file()]
-    summary: dict[str, int] = {"grayscale": 0, "resized": 0}
-    if pending:
-        started = not ray.is_initialized()
+
+
+def _embed_shards(ray: ModuleType, rows: list[dict[str, Any]], embedder_options: dict[str, Any], address: str | None,
+                  actors: int | None, threads: int, gpus_per_actor: float) -> list[dict[str, Any]]:
+    """Embed and write each shard of ``rows`` on a pool of :class:`ShardEmbedder` actors; their count rows."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address)
+    try:
+        if actors is None:
+            resources = ray.cluster_resources()
+            actors = int(resources.get("GPU", 0) // gpus_per_actor if gpus_per_actor else resources.get("CPU", 1) // threads)
+        return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+            ShardEmbedder,
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(rows))), max_tasks_in_flight_per_actor=1),
+            num_cpus=threads,
+            num_gpus=gpus_per_actor or None,
+            fn_constructor_kwargs=embedder_options,
+        ).take_all()
+    finally:
         if started:
-            ray.init(address=address)
-        try:
-            rows = [{"shard": i, "paths": paths[i * shard_size : (i + 1) * shard_size]} for i in pending]
-            if actors is None:
-                resources = ray.cluster_resources()
-                actors = int(resources.get("GPU", 0) // gpus_per_actor if gpus_per_actor else resources.get("CPU", 1) // threads)
-            done = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-                ShardEmbedder,
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(rows))), max_tasks_in_flight_per_actor=1),
-                num_cpus=threads,
-                num_gpus=gpus_per_actor or None,
-                fn_constructor_kwargs={
-                    "model_path": str(model_path.absolute()),
-                    "out_dir": str(out_dir.absolute()),
-                    "cwd": str(Path.cwd()),
-                    "shard_size": shard_size,
-                    "backend": backend,
-                    "batch_size": batch_size,
-                    "flip": flip,
-                    "normalize": normalize,
-                    "threads": threads,
-                },
-            ).take_all()
-        finally:
-            if started:
-                ray.shutdown()
-        for key in summary:
-            summary[key] = sum(int(row[key]) for row in done)
+            ray.shutdown()
+
+
+def _result(out_dir: Path, images: int, shards: int, done: list[dict[str, Any]]) -> GalleryResult:
+    """What ``out_dir`` holds after a run that computed the shards counted in ``done``."""
     pq = _parquet()
     return GalleryResult(
         out_dir=out_dir,
-        images=len(paths),
+        images=images,
         embedded=sum(pq.read_metadata(_shard_file(out_dir, i)).num_rows for i in range(shards)),
         errors=sum(pq.read_metadata(f).num_rows for f in sorted((out_dir / ERRORS).glob("shard-*.parquet"))),
         shards=shards,
-        computed=len(pending),
-        **summary,
+        computed=len(done),
+        grayscale=sum(int(row["grayscale"]) for row in done),
+        resized=sum(int(row["resized"]) for row in done),
     )
 
 
@@ -201,7 +208,9 @@ class ShardEmbedder:
 def read_gallery(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
     """(paths, embeddings (N, D) float32) of a complete gallery directory, in input order."""
     out_dir = Path(out_dir)
-    manifest = _read_manifest(out_dir)
+    manifest = read_manifest(out_dir / MANIFEST, FORMAT)
+    if manifest is None:
+        raise QfsdkError(f"{out_dir}: no {MANIFEST}, so not a gallery directory")
     missing = [i for i in range(manifest["shards"]) if not _shard_file(out_dir, i).is_file()]
     if missing:
         raise QfsdkError(f"{out_dir}: {len(missing)} of {manifest['shards']} shards are not written yet "
@@ -227,27 +236,16 @@ def read_gallery_errors(out_dir: str | Path) -> list[tuple[str, str]]:
 def _claim(out_dir: Path, manifest: dict[str, Any]) -> None:
     """Write ``manifest`` into a new or empty ``out_dir``, or check that it matches the one there."""
     path = out_dir / MANIFEST
-    if path.is_file():
-        found = _read_manifest(out_dir)
-        if found != manifest:
-            changes = [k if k.endswith("sha256") else f"{k} {found.get(k)} -> {manifest[k]}" for k in manifest if found.get(k) != manifest[k]]
-            raise QfsdkError(f"{out_dir} holds a gallery made with other settings ({'; '.join(changes)}); "
+    found = read_manifest(path, FORMAT)
+    if found is not None:
+        changes = describe_changes(found, manifest, form="{key} {old} -> {new}", opaque=HASHES)
+        if changes:
+            raise QfsdkError(f"{out_dir} holds a gallery made with other settings ({changes}); "
                              "rerun with the same model, inputs and options, or choose a new output directory")
         return
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise QfsdkError(f"{out_dir}: not an empty directory and no gallery ({MANIFEST} missing); choose a new output directory")
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-
-
-def _read_manifest(out_dir: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((out_dir / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise QfsdkError(f"{out_dir}: cannot read the gallery's {MANIFEST} ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise QfsdkError(f"{out_dir / MANIFEST}: not a {FORMAT} manifest")
-    return manifest
+    write_manifest(path, manifest)
 
 
 def _shard_file(out_dir: Path, shard: int) -> Path:

@@ -9,8 +9,9 @@ import numpy as np
 
 from .align import warp_face
 from .backends import open_backend
+from .backends.base import Backend, TensorInfo
 from .contract import FaceContract
-from .metadata import read_contract
+from .metadata import ModelFileError, read_contract
 
 Images = np.ndarray | Sequence[np.ndarray]
 
@@ -19,10 +20,12 @@ class Embedder:
     """Embed faces with a model file (ONNX, or a TensorRT engine with its sidecar).
 
     The preprocessing contract (input size, mean/std, channel order, alignment template) is
-    read from the model file. ``flip`` adds the embedding of the mirrored face (insightface's
-    flip-sum); ``normalize`` L2-normalises each embedding (after the flip-sum). ``backend_options``
-    go to the backend (e.g. ``{"hint": "THROUGHPUT"}`` for openvino, ``{"providers": [...]}``
-    for onnxruntime, ``{"plugins": [...]}`` for tensorrt). Safe to share between threads.
+    read from the model file; the preprocessed batch goes to the model's one input, and the
+    embedding comes from the output the contract names (else the first). ``flip`` adds the
+    embedding of the mirrored face (insightface's flip-sum); ``normalize`` L2-normalises each
+    embedding (after the flip-sum). ``backend_options`` go to the backend (e.g.
+    ``{"hint": "THROUGHPUT"}`` for openvino, ``{"providers": [...]}`` for onnxruntime,
+    ``{"plugins": [...]}`` for tensorrt). Safe to share between threads.
     """
 
     def __init__(
@@ -39,13 +42,17 @@ class Embedder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_path = Path(model_path)
-        self.contract: FaceContract = read_contract(self.model_path)
+        contract = read_contract(self.model_path)
+        if not isinstance(contract, FaceContract):
+            raise ModelFileError(f"{model_path}: a {contract.task!r} model, not an embedder; Embedder runs face embedding models")
+        self.contract = contract
         self._backend = open_backend(self.model_path, backend, threads=threads, **(backend_options or {}))
         self.backend_name = self._backend.name
-        expected = (3, *self.contract.input_size)
-        if any(d is not None and d != e for d, e in zip(self._backend.input_shape[1:], expected)):
+        try:
+            self._input, self._output = _embedding_io(self._backend, contract, self.model_path)
+        except ValueError:
             self._backend.close()
-            raise ValueError(f"{model_path}: model input {self._backend.input_shape} does not match its contract's {expected}")
+            raise
         max_batch = self._backend.max_batch
         self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
         self.flip = flip
@@ -71,7 +78,8 @@ class Embedder:
         return out
 
     def _run(self, crops: np.ndarray) -> np.ndarray:
-        out = self._backend.run(self.contract.preprocess(crops))
+        batch = self.contract.preprocess(crops).astype(self._input.dtype, copy=False)
+        out = np.asarray(self._backend.infer({self._input.name: batch})[self._output.name], np.float32)
         if out.shape != (len(crops), self.contract.embedding_size):
             raise RuntimeError(f"{self.model_path}: backend returned {out.shape}, expected ({len(crops)}, {self.contract.embedding_size})")
         return out
@@ -103,6 +111,23 @@ class Embedder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _embedding_io(backend: Backend, contract: FaceContract, path: Path) -> tuple[TensorInfo, TensorInfo]:
+    """The model's image input (checked against the contract) and its embedding output."""
+    if len(backend.inputs) != 1:
+        raise ModelFileError(f"{path}: an embedding model takes one image input, this one has {[t.name for t in backend.inputs]}")
+    image = backend.inputs[0]
+    expected = (3, *contract.input_size)
+    if any(d is not None and d != e for d, e in zip(image.shape[1:], expected)):
+        raise ValueError(f"{path}: model input {image.shape} does not match its contract's {expected}")
+    if contract.embedding_output is None:
+        return image, backend.outputs[0]
+    for output in backend.outputs:
+        if output.name == contract.embedding_output:
+            return image, output
+    raise ModelFileError(f"{path}: its contract names the embedding output {contract.embedding_output!r}; "
+                         f"the model's outputs are {[t.name for t in backend.outputs]}")
 
 
 def _as_list(images: Images) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import FaceContract
+from .contract import ModelContract, contract_from_dict
 from .files import atomic_output
 from .metadata import ModelFileError
 
@@ -33,7 +33,7 @@ class EngineInfo:
     source_onnx: str
     source_onnx_sha256: str
     max_batch: int
-    contract: FaceContract
+    contract: ModelContract
     qfsdk_version: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -43,7 +43,7 @@ class EngineInfo:
     def from_dict(cls, data: dict[str, Any]) -> "EngineInfo":
         values = dict(data)
         values["compute_capability"] = tuple(values["compute_capability"])
-        values["contract"] = FaceContract.from_dict(values["contract"])
+        values["contract"] = contract_from_dict(values["contract"])
         return cls(**values)
 
 

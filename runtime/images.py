@@ -1,4 +1,8 @@
-"""Image files for the runtime: find them, decode them to uint8 RGB (Pillow), read landmark files."""
+"""Image files: find them, decode them to uint8 RGB (Pillow), fit them to a model, read landmark files.
+
+The one image loader of qfsdk: ``qfsdk embed`` and calibration folders decode and fit alike, so
+a model is calibrated on the pixels it later sees.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from qfsdk.errors import QfsdkError
+from .errors import QfsdkError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".webp", ".tif", ".tiff", ".gif"})
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what Pillow raises on a bad file
 
 
 class UnreadableImage(Exception):
@@ -31,19 +36,27 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def load_rgb(path: Path) -> tuple[np.ndarray, bool]:
-    """(uint8 RGB pixels (H, W, 3), whether the file was grayscale); EXIF orientation is not applied."""
+    """(uint8 RGB pixels (H, W, 3) turned upright by the EXIF orientation, whether the file was grayscale).
+
+    Grayscale, palette and RGBA files are converted to RGB (alpha is dropped).
+    """
     try:
         with Image.open(path) as image:
-            image.load()
             grayscale = image.mode in GRAYSCALE_MODES
-            return np.asarray(image.convert("RGB")), grayscale
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            return np.asarray(ImageOps.exif_transpose(image).convert("RGB")), grayscale
+    except DECODE_ERRORS as exc:
         raise UnreadableImage(f"{path}: {exc}") from None
 
 
-def resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of uint8 RGB pixels to ``size`` (height, width)."""
-    return np.asarray(Image.fromarray(pixels).resize((size[1], size[0]), Image.BILINEAR))
+def fit(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 RGB pixels centre-cropped to the aspect ratio of ``size`` (height, width), then resized
+    to it (bicubic); pixels of that size already come back unchanged."""
+    return np.asarray(ImageOps.fit(Image.fromarray(pixels), (size[1], size[0]), method=Image.Resampling.BICUBIC))
+
+
+def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """A file as uint8 RGB pixels of ``size`` (height, width): :func:`load_rgb`, then :func:`fit`."""
+    return fit(load_rgb(path)[0], size)
 
 
 def read_landmarks(path: str | Path) -> dict[Path, np.ndarray]:

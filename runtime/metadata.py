@@ -10,9 +10,8 @@ import mmap
 from pathlib import Path
 from typing import Iterator
 
-from qfsdk.errors import QfsdkError
-
-from .contract import FaceContract
+from .contract import ModelContract, contract_from_json
+from .errors import QfsdkError
 
 CONTRACT_KEY = "qfsdk.contract"
 VERSION_KEY = "qfsdk.version"
@@ -30,14 +29,14 @@ class ContractMissingError(ModelFileError):
     """The model file carries no qfsdk contract."""
 
 
-def contract_from_metadata(metadata: dict[str, str], source: str | Path) -> FaceContract:
-    """Parse the contract from a model's custom metadata map."""
+def contract_from_metadata(metadata: dict[str, str], source: str | Path) -> ModelContract:
+    """Parse the contract (of the task it names) from a model's custom metadata map."""
     text = metadata.get(CONTRACT_KEY)
     if text is None:
         raise ContractMissingError(
             f"{source}: no '{CONTRACT_KEY}' metadata; export the model with `qfsdk convert` so it carries its preprocessing contract"
         )
-    return FaceContract.from_json(text)
+    return contract_from_json(text)
 
 
 def _varint(buf: mmap.mmap, pos: int) -> tuple[int, int]:
@@ -90,12 +89,12 @@ def read_onnx_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
-def read_onnx_contract(path: str | Path) -> FaceContract:
+def read_onnx_contract(path: str | Path) -> ModelContract:
     """The contract stored in an ONNX file's metadata."""
     return contract_from_metadata(read_onnx_metadata(path), path)
 
 
-def read_contract(path: str | Path) -> FaceContract:
+def read_contract(path: str | Path) -> ModelContract:
     """The contract of a model artifact: ONNX metadata, or the sidecar JSON of a TensorRT engine."""
     from .engine import read_engine_info
 

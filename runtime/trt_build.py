@@ -7,12 +7,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Sequence
 
-from qfsdk._version import __version__
-from qfsdk.errors import QfsdkError
-
 from . import cuda
+from ._version import __version__
 from .backends.trt import import_tensorrt, load_plugins
 from .engine import EngineInfo, write_engine_info
+from .errors import QfsdkError
 from .files import atomic_output, sha256_file
 from .metadata import ModelFileError, read_onnx_contract
 

@@ -227,8 +227,7 @@ def reference_model(architecture: str, family: str, weight_bit: int, act_bit: in
         if isinstance(module, backbone.RESIDUAL_BLOCK):
             module.residual = module._modules.pop("add", None) is not None or family == "iresnet"
     model = _quantize(model, weight_bit, act_bit, backbone.RESIDUAL_BLOCK)
-    for attr in ("contract", "arch"):
-        model.__dict__.pop(attr, None)
+    model.__dict__.pop("card", None)  # a QuantFace pickle carries no qfsdk model card
     return model
 
 

@@ -1,9 +1,13 @@
-"""FaceContract: preprocessing and serialisation."""
+"""FaceContract: preprocessing and serialisation; contracts by task."""
+
+import json
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pytest
 
-from qfsdk.runtime.contract import FaceContract
+from qfsdk.runtime.contract import CONTRACTS, FaceContract, ModelContract, contract_from_dict, contract_from_json
 from qfsdk.runtime.files import atomic_output
 
 ARCFACE = FaceContract(input_size=(112, 112), embedding_size=512)
@@ -68,3 +72,27 @@ def test_template_round_trips_through_json_and_is_validated():
 def test_contract_without_template_still_parses():
     legacy = {k: v for k, v in ARCFACE.to_dict().items() if k not in ("template", "template_fit")}
     assert FaceContract.from_dict(legacy).template is None
+
+
+def test_contracts_name_their_task_and_json_without_one_is_an_embedder():
+    assert json.loads(ARCFACE.to_json())["task"] == "embedder" == FaceContract.task
+    untagged = {k: v for k, v in ARCFACE.to_dict().items() if k != "task"}  # files written before tasks
+    assert contract_from_dict(untagged) == FaceContract.from_dict(untagged) == ARCFACE
+    assert contract_from_json(ARCFACE.to_json()) == ARCFACE
+    with pytest.raises(ValueError, match=r"unknown contract task 'segmenter'; known: \[.*'embedder'"):
+        contract_from_dict({**untagged, "task": "segmenter"})
+
+
+def test_a_new_task_plugs_in_with_its_own_contract_class(monkeypatch):
+    @dataclass(frozen=True)
+    class BoxContract(ModelContract):
+        task: ClassVar[str] = "detector"
+        input_size: tuple[int, int]
+        score_threshold: float = 0.5
+
+    monkeypatch.setitem(CONTRACTS, "detector", BoxContract)
+    boxes = BoxContract(input_size=(640, 480))
+    assert json.loads(boxes.to_json()) == {"task": "detector", "input_size": [640, 480], "score_threshold": 0.5}
+    assert contract_from_json(boxes.to_json()) == boxes
+    with pytest.raises(ValueError, match=r"a 'detector' contract is not a FaceContract"):
+        FaceContract.from_json(boxes.to_json())

@@ -351,5 +351,7 @@ def test_cli_user_errors_are_one_line(tmp_path, lfw_like, args, message):
 
 
 def test_cli_usage_errors():
-    assert run_cli("eval", "dlib_resnet").exit_code == 2
-    assert run_cli("eval", "--fidelity", "a", "b").exit_code == 2
+    no_benchmark = run_cli("eval", "dlib_resnet")
+    assert no_benchmark.exit_code == 2 and "give MODEL... with --bin FILE or --ijb DIR" in no_benchmark.output
+    no_images = run_cli("eval", "--fidelity", "a", "b")
+    assert no_images.exit_code == 2 and "--fidelity FLOAT QUANT needs --images DIR" in no_images.output

@@ -83,7 +83,10 @@ def test_saved_state_dict_loads_strictly(tmp_path, r18_state, fmt):
 def test_checkpoint_without_num_batches_tracked_loads(tmp_path, r18_state):
     path = tmp_path / "old.pth"
     torch.save({k: v for k, v in r18_state.items() if not k.endswith("num_batches_tracked")}, path)
-    create("iresnet18", weights=path)
+    loaded = create("iresnet18", weights=path).state_dict()
+    assert loaded.keys() == r18_state.keys()
+    for key in (k for k in loaded if not k.endswith("num_batches_tracked")):
+        assert torch.equal(loaded[key], r18_state[key]), key
 
 
 def test_wrong_architecture_lists_missing_unexpected_and_shapes(tmp_path, r18_state):

@@ -251,6 +251,7 @@ def test_parses_every_zoo_contract(lib, tmp_path):
         ({**TINY_CONTRACT, "input_size": [16.5, 20]}, "QFSDK_ERR_BAD_CONTRACT", "positive integer"),
         ({**TINY_CONTRACT, "template": [[1, 2]]}, "QFSDK_ERR_BAD_CONTRACT", "template"),
         ({**TINY_CONTRACT, "template_fit": "affine"}, "QFSDK_ERR_BAD_CONTRACT", "template_fit"),
+        ({**TINY_CONTRACT, "task": "detector"}, "QFSDK_ERR_BAD_CONTRACT", "not an embedder"),
     ],
 )  # fmt: skip
 def test_bad_models_fail_with_a_status_and_message(lib, tmp_path, contract, status, words):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import logging
 
 import pytest
 from click.testing import CliRunner
@@ -41,8 +42,10 @@ def test_other_tensorrt_or_gpu_fails_with_what_to_do(version, capability):
     assert f"TensorRT {version} on NVIDIA H100" in message and "qfsdk build m.onnx -o m.engine" in message
 
 
-def test_same_tensorrt_and_capability_is_accepted():
-    check_compatible(INFO, "m.engine", "10.3.0", "NVIDIA Jetson AGX Orin", (8, 7))
+def test_same_tensorrt_and_capability_is_accepted(caplog):
+    with caplog.at_level(logging.WARNING):
+        check_compatible(INFO, "m.engine", "10.3.0", "NVIDIA Jetson AGX Orin", (8, 7))  # raises nothing
+    assert "built on NVIDIA Jetson Orin and runs on NVIDIA Jetson AGX Orin" in caplog.text  # another GPU name: a warning
 
 
 @pytest.mark.skipif(HAS_TENSORRT, reason="tensorrt is installed")

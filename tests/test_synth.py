@@ -122,6 +122,11 @@ def test_auto_picks_a_method_each_model_supports():
         resolve_method(TinyNet("bn"), "magic")
 
 
+def test_a_misspelt_method_suggests_the_closest_name():
+    with pytest.raises(ConfigError, match="did you mean 'affine-inversion'"):
+        resolve_method(TinyNet("affine"), "afine-inversion")
+
+
 def test_bn_inversion_matches_the_running_statistics():
     model = TinyNet("bn")
     start = _images(synthetic_source(model, TINY, n=8, batch_size=8, iterations=1))

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from .common import build_config, load_calibration_data, model_options, quant_options
+from qfsdk.quant.config import OBSERVERS, QuantConfig
+
+from .common import build_config, model_options, quant_options
 
 
 @click.command()
@@ -19,7 +21,7 @@ from .common import build_config, load_calibration_data, model_options, quant_op
 @click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
 @click.option("--method", default="percentile", show_default=True,
-              help="Range observer: minmax, percentile[:P] (default P 99.999) or mse.")
+              help=f"Range observer: {', '.join(OBSERVERS)}; percentile:P picks the percentile (default {QuantConfig.percentile}).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Images per synthesis and calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -31,7 +33,8 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     import torch
 
     import qfsdk
-    from qfsdk.calib.observers import make_observer
+    from qfsdk.calib.sources import open_source
+    from qfsdk.quant.observers import make_observer
     from qfsdk.models import create
     from qfsdk.quant.api import check_config
 
@@ -40,7 +43,8 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     model = create(model_name, weights=weights)
     check_config(model, config)
-    data, description = load_calibration_data(model, data_dir, synthetic, num_images, seed, batch_size, iterations)
+    data, description = open_source(_data_source(data_dir, synthetic), model, num_images=num_images, seed=seed,
+                                    batch_size=batch_size, iterations=iterations, progress=True)
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data, method=method, progress=True)
 
     with torch.no_grad():
@@ -51,3 +55,14 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
                f"on {description}")
     click.echo(f"quantized vs float on a calibration batch: min cosine {cosine:.5f}")
     click.echo(f"wrote {output}")
+
+
+def _data_source(data_dir: Path | None, synthetic: bool) -> Path | str:
+    """What ``open_source`` reads: the ``--data`` folder, else the ``synthetic`` keyword."""
+    from qfsdk.calib.sources import SYNTHETIC
+
+    if data_dir is not None:
+        return data_dir
+    if synthetic:
+        return SYNTHETIC
+    raise click.UsageError("choose the calibration data: --synthetic or --data DIR")

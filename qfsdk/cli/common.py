@@ -10,7 +10,7 @@ from typing import Any, Callable
 import click
 
 from qfsdk.errors import ConfigError
-from qfsdk.quant.config import ASYMMETRIC_SCHEMES, SCHEMES
+from qfsdk.quant.config import ASYMMETRIC_SCHEMES, PRESETS, SCHEMES, QuantConfig
 
 
 def model_options(fn: Callable) -> Callable:
@@ -29,8 +29,8 @@ def model_options(fn: Callable) -> Callable:
 def quant_options(fn: Callable) -> Callable:
     """``--bits``, ``--scheme``, ``--keep-8bit`` and ``--config``."""
 
-    @click.option("--bits", default="w8a8", show_default=True, help="Preset: w8a8, w6a6, w4a8 or w4a4.")
-    @click.option("--scheme", type=click.Choice(SCHEMES), default="tensorrt", show_default=True,
+    @click.option("--bits", default="w8a8", show_default=True, help=f"Preset: {', '.join(PRESETS)}.")
+    @click.option("--scheme", type=click.Choice(SCHEMES), default=QuantConfig.scheme, show_default=True,
                   help="Quantizer placement: symmetric at conv inputs (tensorrt; also what OpenVINO runs fastest), "
                        "plus conv outputs so ONNX Runtime's CPU kernels run int8 (onnxruntime), or the paper's "
                        "asymmetric one (quantface).")
@@ -61,23 +61,3 @@ def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file
             fields["observer"] = observer.partition(":")[0]
         config = QuantConfig.from_dict(fields)
     return config.with_overrides(*(LayerOverride(p, 8, 8) for p in keep_8bit))
-
-
-def load_calibration_data(model, data_dir: Path | None, synthetic: bool, num_images: int, seed: int, batch_size: int,
-                          iterations: int | None = None):
-    """The calibration source the options describe, and a one-line description of it."""
-    from qfsdk.calib.folder import ImageFolderSource
-
-    if data_dir is not None:
-        if (data_dir / "manifest.json").is_file():
-            from qfsdk.calib.synth import load_synthetic_dir
-
-            return load_synthetic_dir(data_dir, model.contract, batch_size), f"synthetic dataset {data_dir}"
-        return ImageFolderSource(data_dir, model.contract, batch_size=batch_size), f"image folder {data_dir}"
-    if synthetic:
-        from qfsdk.calib.synth import synthetic_source
-
-        source = synthetic_source(model, model.contract, num_images, method="auto", seed=seed, batch_size=batch_size,
-                                  iterations=iterations, progress=True)
-        return source, f"{num_images} synthetic images generated on the fly (seed {seed})"
-    raise click.UsageError("choose the calibration data: --synthetic or --data DIR")

@@ -6,17 +6,21 @@ from pathlib import Path
 
 import click
 
+from qfsdk.converters.convert import RECALIBRATIONS, ConvertOptions
+from qfsdk.converters.convert import convert as run_convert
+from qfsdk.converters.qdq_export import TARGETS
+
 
 @click.command()
 @click.argument("source")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="ONNX file to write.")
-@click.option("--target", type=click.Choice(["tensorrt", "onnxruntime", "openvino"]),
-              help="Backend the graph is made for: tensorrt needs symmetric int8; the others keep nonzero zero points. "
-                   "Default: onnxruntime for a checkpoint calibrated with --scheme onnxruntime, else tensorrt.")
+@click.option("--target", type=click.Choice(list(TARGETS)),
+              help="Backend the graph is made for: " + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values())
+                   + ". Default: onnxruntime for a checkpoint calibrated with --scheme onnxruntime, else tensorrt.")
 @click.option("--fp32", "precision", flag_value="fp32", help="Float export of a zoo model or float checkpoint.")
 @click.option("--fp16", "precision", flag_value="fp16", help="Float16 export of a zoo model or float checkpoint.")
 @click.option("--model", "model_name", help="Architecture of a float checkpoint (see `qfsdk models`).")
-@click.option("--recalibrate", type=click.Choice(["synthetic"]),
+@click.option("--recalibrate", type=click.Choice(list(RECALIBRATIONS)),
               help="Re-fit the symmetric ranges on synthetic images (QuantFace checkpoints for TensorRT).")
 @click.option("--num-images", type=click.IntRange(1), default=32, show_default=True, help="Synthetic images for --recalibrate.")
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis steps per batch for --recalibrate (default: the method's).")
@@ -35,8 +39,6 @@ import click
 def convert(source, output, target, precision, model_name, recalibrate, num_images, iterations, probe_images, opset,
             simplify, allow_nonconforming, int6_plugin, triton_repo, max_batch) -> None:
     """Export SOURCE to ONNX: a qfsdk quantized checkpoint, a QuantFace quantized checkpoint, or (with --fp32/--fp16) a zoo model name or float checkpoint."""
-    from qfsdk.converters.convert import ConvertOptions, convert as run_convert
-
     options = ConvertOptions(target=target, precision=precision, model_name=model_name, recalibrate=recalibrate,
                              num_images=num_images, iterations=iterations, probe_images=probe_images, opset=opset,
                              allow_nonconforming=allow_nonconforming, int6_plugin=int6_plugin, simplify=simplify)

@@ -57,7 +57,7 @@ def _fidelity(specs: tuple[str, str], images: Path, budget: float, threshold: fl
     float_model, quant_model = (load_model(spec, batch_size) for spec in specs)
     calibration = None
     if calib_dir is not None and float_model.module is not None:
-        from .common import load_calibration_data
+        from qfsdk.calib.sources import open_source
 
-        calibration, _ = load_calibration_data(float_model.module, calib_dir, False, 0, 0, batch_size)
+        calibration = open_source(calib_dir, float_model.module, batch_size=batch_size).data
     return fidelity_report(float_model, quant_model, images, budget, threshold, sensitivity_batches, calibration)

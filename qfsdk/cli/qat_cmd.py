@@ -9,7 +9,7 @@ import click
 
 from qfsdk.quant.config import KD_LOSS_CHOICES
 
-from .common import build_config, load_calibration_data, model_options, quant_options
+from .common import build_config, model_options, quant_options
 
 
 def state_path_for(output: Path) -> Path:
@@ -25,10 +25,8 @@ def synthetic_dir_for(output: Path) -> Path:
 def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | None, num_images: int, seed: int,
                      iterations: int | None) -> Path:
     """The training image folder; ``synthetic`` is generated once, by rank 0, and resumes if interrupted."""
-    import torch.distributed as dist
-
     from qfsdk.calib.synth import synthesize
-    from qfsdk.quant.qat import distributed_context
+    from qfsdk.quant.qat import barrier, distributed_context
 
     if data != "synthetic":
         folder = Path(data)
@@ -36,11 +34,9 @@ def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | N
             raise click.BadParameter(f"{folder} is not a folder", param_hint="--data")
         return folder
     folder = synthetic_dir_for(output)
-    rank, world = distributed_context()
-    if rank == 0:
+    if distributed_context()[0] == 0:
         synthesize(model_name, folder, num_images, seed=seed, weights=weights, iterations=iterations)
-    if world > 1:
-        dist.barrier()
+    barrier()
     return folder
 
 
@@ -76,10 +72,12 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     import torch
 
     import qfsdk
+    from qfsdk.calib.sources import open_source
     from qfsdk.models import create
     from qfsdk.quant.api import check_config
-    from qfsdk.quant.qat import QATSettings, train_qat
+    from qfsdk.quant.qat import QATSettings, init_distributed, train_qat
 
+    init_distributed()
     config = build_config(bits, scheme, keep_8bit, config_file)
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,
                            validation_images=validation_images, validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed)
@@ -88,7 +86,7 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     check_config(teacher, config)
 
     folder = prepare_data_dir(data, output, model_name, weights, num_images, seed, iterations)
-    source, description = load_calibration_data(teacher, folder, False, num_images, seed, batch_size)
+    source, description = open_source(folder, teacher, batch_size=batch_size)
     images = torch.cat([batch for batch in source])
     student = qfsdk.quantize(copy.deepcopy(teacher), config)
     if not resume and range_warmup is None:

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
+from qfsdk.calib.inversion import AUTO, methods_help
+
 
 @click.command()
 @click.option("--model", "model_name", required=True, help="Zoo model to invert (see `qfsdk models`).")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Weights file; default: the model's packaged weights, else a seeded random init.")
 @click.option("-n", "count", type=click.IntRange(min=1), required=True, help="Number of images.")
-@click.option("--method", default="auto", show_default=True,
-              help="auto, bn-inversion, affine-inversion or embedding-inversion.")
+@click.option("--method", default=AUTO, show_default=True, help=f"Synthesis method. {methods_help()}.")
 @click.option("--iterations", type=click.IntRange(min=1), help="Optimisation steps per batch (more: better, slower).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from qfsdk.runtime.align import warp_face
+from qfsdk.runtime.align import TEMPLATES, warp_face
 from qfsdk.runtime.contract import FaceContract
 
-ARCFACE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
-)
+ARCFACE_112 = np.array(TEMPLATES["arcface"])
 ARCFACE_ALIGNMENT = "arcface_5pt"
 
 

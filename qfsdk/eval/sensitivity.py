@@ -26,7 +26,7 @@ from qfsdk.errors import QfsdkError
 from qfsdk.quant.api import quant_config_of
 from qfsdk.quant import LayerOverride
 
-from .requantize import quantized_layers, requantize
+from qfsdk.quant.requantize import quantized_layers, requantize
 
 MAX_SQNR_DB = 200.0
 

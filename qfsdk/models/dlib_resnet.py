@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qfsdk.errors import CheckpointError
+from qfsdk.models.card import CardedModel
 from qfsdk.models.layers import ResidualAdd
 from qfsdk.packaged_weights import dlib_resnet_weights
 
@@ -77,7 +78,7 @@ class Affine(nn.Module):
         return f"{self.weight.numel()}"
 
 
-class PaddedAdd(nn.Module):
+class PaddedAdd(ResidualAdd):
     """dlib's ``add_prev_`` for inputs of different shapes, as in its down-sampling blocks.
 
     Each input is zero-padded, channels at the end and rows/columns at the bottom/right
@@ -138,7 +139,7 @@ class ResidualBlock(nn.Module):
         return self.relu2(self.add(out, self.shortcut(x)))
 
 
-class DlibResNet(nn.Module):
+class DlibResNet(CardedModel):
     """dlib's face-recognition ResNet: (N, 3, 150, 150) preprocessed RGB -> (N, 128) descriptors.
 
     Feed it :func:`preprocess` output. Descriptors are raw (as dlib returns them); dlib
@@ -493,3 +494,15 @@ def read_dlib_dat(path: str | PathLike[str]) -> OrderedDict[str, torch.Tensor]:
     if r.pos != len(data):
         r.fail(f"{len(data) - r.pos} unexpected bytes after the network")
     return state
+
+
+def _register_quant_layers() -> None:
+    """dlib's affine finishes its convs as a BatchNorm does: the onnxruntime placement quantizes its
+    output (folded into the conv on export). Its padded residual add is a ResidualAdd already."""
+    from qfsdk.quant.modules import OutputQuantMixin
+    from qfsdk.quant.registry import register_quant_module
+
+    register_quant_module(Affine, OutputQuantMixin, ("onnxruntime",), after_conv_only=True)
+
+
+_register_quant_layers()

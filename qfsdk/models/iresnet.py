@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .card import CardedModel
 from .layers import ResidualAdd
 
 DEPTHS: dict[str, tuple[int, int, int, int]] = {
@@ -40,7 +41,7 @@ class IBasicBlock(nn.Module):
         return self.add(out, identity)
 
 
-class IResNet(nn.Module):
+class IResNet(CardedModel):
     """Improved ResNet backbone for 112x112 face crops."""
 
     def __init__(self, depths: tuple[int, int, int, int], embedding_size: int = 512, dropout: float = 0.0):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .card import CardedModel
 from .layers import ResidualAdd
 
 
@@ -77,7 +78,7 @@ class GDC(nn.Module):
         return self.bn(self.linear(torch.flatten(self.conv_6_dw(x), 1)))
 
 
-class MobileFaceNet(nn.Module):
+class MobileFaceNet(CardedModel):
     """MobileFaceNet for 112x112 face crops."""
 
     def __init__(self, embedding_size: int = 128):

@@ -14,6 +14,8 @@ from torch import nn
 from qfsdk.errors import ConfigError
 from qfsdk.runtime.contract import FaceContract
 
+from .card import ModelCard, attach_card
+
 log = logging.getLogger(__name__)
 
 StateDict = Mapping[str, torch.Tensor]
@@ -75,10 +77,10 @@ def create(name: str, weights: str | Path | None = None, *, pretrained: bool = T
     ``weights`` is a checkpoint file (``.pth``/``.pt``, ``.safetensors`` or the model's native
     format). Without it, a model whose pretrained weights ship in an installed package (dlib)
     loads those unless ``pretrained=False``; other models start randomly initialised.
-    The model carries its preprocessing contract as ``model.contract`` and its zoo name as
-    ``model.arch``.
+    The model carries a :class:`~qfsdk.models.card.ModelCard` (zoo name, preprocessing contract,
+    weights source), also readable as ``model.contract`` and ``model.arch``.
     """
-    from qfsdk.checkpoints import load_weights
+    from qfsdk.models.weights import load_weights
 
     spec = get_spec(name)
     model = spec.build()
@@ -89,6 +91,5 @@ def create(name: str, weights: str | Path | None = None, *, pretrained: bool = T
         log.info("%s: loaded weights from %s", name, weights)
     else:
         log.info("%s: randomly initialised (pass weights=... for a pretrained model)", name)
-    model.contract = spec.contract
-    model.arch = name
-    return model.eval()
+    source = str(weights) if weights is not None else "random"
+    return attach_card(model, ModelCard(name, spec.contract, weights=source)).eval()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from qfsdk.runtime.align import TEMPLATES
 from qfsdk.runtime.contract import FaceContract
 
 from . import dlib_resnet
@@ -13,9 +14,7 @@ from .registry import ModelSpec, register
 
 ARCFACE_WEIGHTS = "your .pth/.safetensors (insightface arcface_torch / QuantFace naming)"
 
-# insightface's 112x112 arcface template (image x, y): eye on the image's left, eye on its right,
-# nose tip, mouth corner on the left, mouth corner on the right.
-ARCFACE_TEMPLATE = ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041))
+ARCFACE_TEMPLATE = TEMPLATES["arcface"]
 
 # dlib's 5-point landmarks (shape_predictor_5_face_landmarks), in dlib's order: outer and inner
 # corner of the eye on the image's right, outer and inner corner of the eye on the image's left,

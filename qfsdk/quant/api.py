@@ -1,85 +1,100 @@
-"""``quantize(model, config)`` and ``calibrate(model, data, method)``."""
+"""``quantize(model, config)`` and ``calibrate(model, data, method, algorithm=...)``."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping, Sequence
 
-import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from qfsdk.calib.data import as_batches
-from qfsdk.calib.observers import make_observer
 from qfsdk.errors import ConfigError, QfsdkError
+from qfsdk.models.card import ModelCard, attach_card, card_of
 
-from .config import ASYMMETRIC_SCHEMES, QuantConfig, resolve_config
-from .modules import CONV_FINISHERS, SCHEME_RULES, ActQuantizer, QuantModule, conv_finishers, convert
+from .algorithms import DEFAULT_RECIPE, CalibrationRun, act_quantizers, resolve_recipe
+from .config import QuantConfig, resolve_config
+from .graph import module_graph, modularize_residual_adds
+from .modules import QuantModule, convert
+from .registry import QuantRule, rule_for
+from .schemes import get_scheme
 
 log = logging.getLogger(__name__)
+
+__all__ = ["act_quantizers", "calibrate", "check_config", "quant_config_of", "quantizable_layers", "quantize", "set_range_tracking"]
+
+
+def _layer_rules(model: nn.Module, scheme: str) -> list[tuple[str, nn.Module, QuantRule]]:
+    """(name, module, rule) of every layer ``scheme`` converts; after-conv-only rules need a traced pass."""
+    layers = [(name, module, rule) for name, module in model.named_modules() if (rule := rule_for(module, scheme))]
+    if any(rule.after_conv_only for *_, rule in layers):
+        graph = module_graph(model, _contract_for_tracing(model, scheme).input_size)
+        convs = {name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+        layers = [(n, m, r) for n, m, r in layers if not r.after_conv_only or convs & set(graph.producers.get(n, ()))]
+    return layers
+
+
+def _contract_for_tracing(model: nn.Module, scheme: str):
+    card = card_of(model, required=False)
+    if card is None or card.contract is None:
+        raise ConfigError(f"scheme {scheme!r} traces {type(model).__name__} on its contract's input size, and it has "
+                          "no contract: describe it first with qfsdk.models.describe(model, FaceContract(...))")
+    return card.contract
 
 
 def quantizable_layers(model: nn.Module, scheme: str) -> list[tuple[str, nn.Module]]:
     """(qualified name, module) of every layer ``scheme`` would convert."""
-    rules = SCHEME_RULES[scheme]
-    layers = [(name, module) for name, module in model.named_modules() if type(module) in rules]
-    if any(kind in rules for kind in CONV_FINISHERS):  # only a BatchNorm/affine right after a conv is quantized
-        finishing = conv_finishers(model)
-        layers = [(name, module) for name, module in layers if type(module) not in CONV_FINISHERS or name in finishing]
-    return layers
+    return [(name, module) for name, module, _ in _layer_rules(model, scheme)]
 
 
 def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "w8a8") -> nn.Module:
-    """Prepare ``model`` for quantization in place and return it.
+    """Prepare ``model`` for quantization and return it; use the return value.
 
-    Float Conv2d/Linear/residual-add modules (and, for the ``onnxruntime`` scheme, the BatchNorms or
-    dlib affines that finish a conv; for ``quantface``, PReLU/ReLU) are swapped for fake-quantized
-    ones through the scheme's registry. The config is validated (presets, bits, layer patterns)
-    before anything changes and is kept as ``model.quant_config``.
+    Layers are converted in place through the quant-module registry (``isinstance`` matching, so
+    subclasses count): Conv2d/Linear/residual adds, plus per scheme the BatchNorms or dlib affines
+    that finish a conv (``onnxruntime``) or PReLU/ReLU (``quantface``). Functional residual adds (a
+    plain ``x + y``) become ``ResidualAdd`` modules first, which returns a ``torch.fx.GraphModule``
+    instead of ``model``. The config is validated (presets, bits, layer patterns) before anything
+    changes and is kept in the model card.
     """
-    config, layers = _checked(model, config)
-    rules = SCHEME_RULES[config.scheme]
-    symmetric = config.scheme not in ASYMMETRIC_SCHEMES
-    for name, module in layers:
+    config = resolve_config(config)
+    if any(isinstance(m, QuantModule) for m in model.modules()):
+        raise ConfigError("model is already quantized; quantize the float model")
+    card = card_of(model, required=False) or ModelCard(type(model).__name__, None)
+    model = attach_card(modularize_residual_adds(model), card)
+    layers = _checked_layers(model, config)
+    symmetric = get_scheme(config.scheme).symmetric
+    for name, module, rule in layers:
         weight_bits, act_bits, enabled = config.bits_for(name)
         if enabled:
-            convert(module, rules[type(module)], weight_bits, act_bits, symmetric)
+            convert(module, rule.mixin, weight_bits, act_bits, symmetric)
     for _, quantizer in act_quantizers(model):
         quantizer.allow_unsigned = config.unsigned_acts
-    model.quant_config = config
+    card.quant_config = config
     log.info("quantized %d layers of %s (%s)", len(layers), type(model).__name__, config.to_json())
     return model
 
 
 def check_config(model: nn.Module, config: QuantConfig | str | Mapping[str, Any]) -> QuantConfig:
     """Validate ``config`` against ``model`` without changing it (layer patterns must match)."""
-    return _checked(model, config)[0]
-
-
-def _checked(model: nn.Module, config: QuantConfig | str | Mapping[str, Any]) -> tuple[QuantConfig, list[tuple[str, nn.Module]]]:
-    """The validated config and the layers it converts (found once: the onnxruntime scheme traces the model)."""
     config = resolve_config(config)
-    if any(isinstance(m, QuantModule) for m in model.modules()):
-        raise ConfigError("model is already quantized; quantize the float model")
-    layers = quantizable_layers(model, config.scheme)
+    _checked_layers(model, config)
+    return config
+
+
+def _checked_layers(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Module, QuantRule]]:
+    layers = _layer_rules(model, config.scheme)
     if not layers:
         raise ConfigError(f"model {type(model).__name__} has no layers that scheme {config.scheme!r} quantizes")
-    config.check_patterns(name for name, _ in layers)
-    return config, layers
-
-
-def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:
-    """Every activation quantizer with its qualified name."""
-    for name, module in model.named_modules():
-        if isinstance(module, ActQuantizer):
-            yield name, module
+    config.check_patterns(name for name, *_ in layers)
+    return layers
 
 
 def quant_config_of(model: nn.Module) -> QuantConfig:
-    config = getattr(model, "quant_config", None)
-    if config is None:
+    """The config ``model`` was quantized with (through wrappers), or a clear error."""
+    card = card_of(model, required=False)
+    if card is None or card.quant_config is None:
         raise QfsdkError("model is not quantized: call qfsdk.quantize(model, config) first")
-    return config
+    return card.quant_config
 
 
 def calibrate(
@@ -87,46 +102,35 @@ def calibrate(
     data: object,
     method: str | None = None,
     *,
+    algorithm: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> nn.Module:
-    """Collect activation ranges over ``data`` with the float activations, then freeze them.
+    """Run a PTQ recipe over ``data`` and return ``model`` (eval mode restored to its previous state).
 
     ``data``: any calibration source (see :func:`qfsdk.calib.data.as_batches`). ``method``:
-    ``minmax``, ``percentile[:P]`` or ``mse`` (default: the config's observer).
+    ``minmax``, ``percentile[:P]`` or ``mse`` for activation ranges (default: the config's observer).
+    ``algorithm``: one registered PTQ step or a list of them (:mod:`qfsdk.quant.algorithms`),
+    each a name or ``{"name": ..., **options}``; default ``ranges``.
     """
     config = quant_config_of(model)
+    steps = resolve_recipe(algorithm)
+    card = card_of(model)
     method = method or config.observer
-    quantizers = list(act_quantizers(model))
-    for _, quantizer in quantizers:
-        observer_method = method if quantizer.symmetric else "minmax"
-        quantizer.observer = make_observer(observer_method, quantizer.bits, config.percentile)
-    batches = as_batches(data, getattr(model, "contract", None), batch_size)
-    device = next(model.parameters()).device
+    run = CalibrationRun(model, config, as_batches(data, card.contract, batch_size), method, progress)
     was_training = model.training
     model.eval()
-    images = 0
     try:
-        # The source may synthesise its images lazily (which needs gradients): only the forward is no_grad.
-        for batch in tqdm(batches, desc=f"calibrate ({method})", disable=not progress, total=len(batches)):
-            with torch.no_grad():
-                model(batch.to(device))
-            images += len(batch)
+        for step, options, _ in steps:
+            step.run(run, options)
     finally:
-        for _, quantizer in quantizers:
-            observer, quantizer.observer = quantizer.observer, None
-            if images:
-                low, high = observer.min_max()
-                if quantizer.symmetric:
-                    quantizer.set_range(low, high)  # x_min == 0 (never negative) selects the unsigned grid
-                    high = observer.amax(unsigned=quantizer.unsigned)
-                    low = 0.0 if low >= 0 else -high
-                quantizer.set_range(low, high)
         model.train(was_training)
-    if not images:
+    if not run.images:
         raise QfsdkError("calibration data yielded no images")
-    model.calibration = {"method": method, "images": images}
-    log.info("calibrated %d activation quantizers on %d images (%s)", len(quantizers), images, method)
+    recipe = [raw for *_, raw in steps]
+    card.calibration = {"method": method, "images": run.images}
+    if [r["name"] for r in recipe] != list(DEFAULT_RECIPE) or any(len(r) > 1 for r in recipe):
+        card.calibration["algorithm"] = recipe
     return model
 
 

@@ -1,6 +1,7 @@
 """Quantized checkpoints: one safetensors file of plain tensors + JSON metadata.
 
-No pickled classes: ``load`` rebuilds the float architecture from the zoo, applies the stored
+No pickled classes: ``load`` rebuilds the float model with the builder the file names (the zoo
+by default; a model family registers its own with :func:`register_builder`), applies the stored
 quantization config and loads the tensors strictly.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -16,10 +17,43 @@ from qfsdk._version import __version__
 from qfsdk.errors import CheckpointError
 from qfsdk.runtime.files import atomic_output
 
+from qfsdk.models.card import card_of
+
 from .api import quant_config_of, quantize
 from .config import QuantConfig
+from .modules import prepare_optional_state
 
 FORMAT = "qfsdk.quantized/1"
+
+# kind -> rebuild(spec) -> the float model (with its card); spec is the card's JSON ``rebuild`` dict.
+BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
+
+
+def register_builder(kind: str, rebuild: Callable[[dict[str, Any]], nn.Module]) -> None:
+    """Let checkpoints whose card says ``{"kind": kind, ...}`` be rebuilt by ``rebuild(spec)``."""
+    BUILDERS[kind] = rebuild
+
+
+def _zoo_model(spec: dict[str, Any]) -> nn.Module:
+    from qfsdk.models import create
+
+    return create(spec["name"], pretrained=False)
+
+
+register_builder("zoo", _zoo_model)
+
+
+def rebuild_spec(model: nn.Module) -> dict[str, Any]:
+    """How a checkpoint of ``model`` rebuilds its float model: the card's, else the zoo's architecture."""
+    from qfsdk.models import names
+
+    card = card_of(model)
+    if card.rebuild is not None:
+        return card.rebuild
+    if card.architecture in names():
+        return {"kind": "zoo", "name": card.architecture}
+    raise CheckpointError(f"{card.architecture} is neither a zoo model nor has a rebuild spec in its card: "
+                          f"register a builder (qfsdk.quant.checkpoint.register_builder) and set card.rebuild")
 
 
 def save_quantized(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -27,16 +61,17 @@ def save_quantized(model: nn.Module, path: str | Path, extra: dict[str, Any] | N
     from safetensors.torch import save_file
 
     config = quant_config_of(model)
-    arch = getattr(model, "arch", None)
-    if arch is None:
-        raise CheckpointError("only zoo models (qfsdk.models.create) can be saved: the file names its architecture")
+    card = card_of(model)
+    if card.contract is None:
+        raise CheckpointError("the model has no preprocessing contract: describe it with qfsdk.models.describe(model, FaceContract(...))")
     metadata = {
         "format": FORMAT,
         "qfsdk_version": __version__,
-        "architecture": arch,
+        "architecture": card.architecture,
+        "rebuild": json.dumps(rebuild_spec(model), sort_keys=True),
         "quant_config": config.to_json(),
-        "contract": model.contract.to_json(),
-        "calibration": json.dumps(getattr(model, "calibration", None)),
+        "contract": card.contract.to_json(),
+        "calibration": json.dumps(card.calibration),
         "extra": json.dumps(extra or {}),
     }
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
@@ -67,16 +102,19 @@ def load(path: str | Path) -> nn.Module:
     """Rebuild a quantized model saved by :func:`save_quantized` (eval mode, ranges fixed)."""
     from safetensors.torch import load_file
 
-    from qfsdk.checkpoints import describe_mismatch
-    from qfsdk.models import create
+    from qfsdk.models.weights import describe_mismatch
 
     metadata = read_metadata(path)
-    model = create(metadata["architecture"], pretrained=False)
-    quantize(model, QuantConfig.from_json(metadata["quant_config"]))
+    spec = json.loads(metadata.get("rebuild") or "null") or {"kind": "zoo", "name": metadata["architecture"]}
+    if spec.get("kind") not in BUILDERS:
+        raise CheckpointError(f"{path}: rebuilding a {spec.get('kind')!r} model needs its builder registered "
+                              f"(known: {', '.join(BUILDERS)})")
+    model = quantize(BUILDERS[spec["kind"]](spec), QuantConfig.from_json(metadata["quant_config"]))
     state = load_file(str(path))
+    prepare_optional_state(model, state)
     problems = describe_mismatch(model, state)
     if problems:
         raise CheckpointError(f"{path}: does not fit {metadata['architecture']} with its stored config: {problems}")
     model.load_state_dict(state, strict=True)
-    model.calibration = json.loads(metadata.get("calibration", "null"))
+    card_of(model).calibration = json.loads(metadata.get("calibration", "null"))
     return model.eval()

@@ -8,7 +8,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Iterable, Mapping
 
-from qfsdk.errors import ConfigError
+from qfsdk.errors import ConfigError, did_you_mean
+
+from .observers import OBSERVERS as OBSERVER_REGISTRY
+from .schemes import SCHEMES as SCHEME_REGISTRY
+from .schemes import get_scheme
 
 PRESETS: dict[str, dict[str, int]] = {
     "w8a8": {"weight_bits": 8, "act_bits": 8},
@@ -16,9 +20,9 @@ PRESETS: dict[str, dict[str, int]] = {
     "w4a8": {"weight_bits": 4, "act_bits": 8},
     "w4a4": {"weight_bits": 4, "act_bits": 4},
 }
-SCHEMES = ("tensorrt", "onnxruntime", "quantface")
-ASYMMETRIC_SCHEMES = ("quantface",)  # the paper's quantizer; the others are symmetric int8, zero point 0
-OBSERVERS = ("minmax", "percentile", "mse")
+SCHEMES = tuple(SCHEME_REGISTRY)
+ASYMMETRIC_SCHEMES = tuple(name for name, s in SCHEME_REGISTRY.items() if not s.symmetric)  # the paper's quantizer
+OBSERVERS = tuple(OBSERVER_REGISTRY)
 MIN_BITS, MAX_BITS = 2, 8
 KD_LOSS_CHOICES = ("auto", "normalized", "raw")  # QAT distillation losses (qfsdk.quant.qat.KD_LOSSES, plus auto)
 
@@ -32,8 +36,7 @@ def _unknown_keys(data: Mapping[str, Any], known: Iterable[str], what: str) -> N
     known = list(known)
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(known)}"
+            hint = did_you_mean(key, known) or f"; known keys: {', '.join(known)}"
             raise ConfigError(f"unknown {what} key {key!r}{hint}")
 
 
@@ -89,15 +92,14 @@ class QuantConfig:
     def __post_init__(self) -> None:
         _check_bits(self.weight_bits, "weight_bits")
         _check_bits(self.act_bits, "act_bits")
-        if self.scheme not in SCHEMES:
-            raise ConfigError(f"unknown scheme {self.scheme!r}; choose one of {', '.join(SCHEMES)}")
+        get_scheme(self.scheme)
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}")
         if not isinstance(self.unsigned_acts, bool):
             raise ConfigError(f"unsigned_acts must be true or false, got {self.unsigned_acts!r}")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.scheme in ASYMMETRIC_SCHEMES and self.observer != "minmax":
+        if not get_scheme(self.scheme).symmetric and self.observer != "minmax":
             raise ConfigError("scheme 'quantface' uses the paper's running min/max ranges: use observer 'minmax'")
         object.__setattr__(self, "overrides", tuple(self.overrides))
 
@@ -148,9 +150,7 @@ class QuantConfig:
 def _preset_name(name: str) -> str:
     key = name.lower()
     if key not in PRESETS:
-        close = difflib.get_close_matches(key, list(PRESETS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown preset {name!r}{hint} (presets: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown preset {name!r}{did_you_mean(key, PRESETS)} (presets: {', '.join(PRESETS)})")
     return key
 
 

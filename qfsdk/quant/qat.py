@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qfsdk.errors import CheckpointError, ConfigError
+from qfsdk.models.card import card_of
 from qfsdk.runtime.files import atomic_output
 
 from .api import act_quantizers, quant_config_of, set_range_tracking
@@ -100,11 +101,15 @@ KD_LOSS_FOR_DISTANCE = {"cosine": "normalized", "euclidean": "raw"}
 
 
 def resolve_kd_loss(kind: str, model: nn.Module) -> str:
-    """``kind``, or for ``auto`` the loss matching the distance in ``model``'s contract (cosine if none)."""
+    """``kind``, or for ``auto`` the loss matching the distance in ``model``'s contract (a model without
+    a card is an error: guessing would pick the wrong loss for a Euclidean model)."""
     if kind != "auto":
         return kind
-    contract = getattr(model, "contract", None)
-    return KD_LOSS_FOR_DISTANCE[contract.distance if contract is not None else "cosine"]
+    contract = card_of(model).contract
+    if contract is None:
+        raise ConfigError("kd_loss 'auto' reads the distance from the model's contract, and it has none: "
+                          "describe the model with a FaceContract or choose the loss ('normalized' or 'raw')")
+    return KD_LOSS_FOR_DISTANCE[contract.distance]
 
 
 @lru_cache(maxsize=4)
@@ -127,14 +132,27 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size), joining the process group torchrun describes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+def init_distributed() -> tuple[int, int]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1: nccl on GPUs, else gloo), once,
+    at start-up; returns (rank, world size). Without torchrun it starts nothing: (0, 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
+    return distributed_context()
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world size) of the started process group, (0, 1) without one; it starts nothing."""
+    if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("running under torchrun without a process group: call qfsdk.quant.qat.init_distributed() first")
     return 0, 1
+
+
+def barrier() -> None:
+    """Wait for every process of the group (nothing to wait for in a single process)."""
+    if distributed_context()[1] > 1:
+        dist.barrier()
 
 
 class QATRun:

@@ -9,8 +9,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from qfsdk.errors import ConfigError
-
+from ..errors import ConfigError
 from ..metadata import ENGINE_SUFFIXES
 from .base import Backend
 

@@ -9,12 +9,13 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from .base import Backend, dims
+from .base import Backend, TensorInfo, dims
 
 log = logging.getLogger(__name__)
 
 # Preferred order; only those this onnxruntime build offers are used.
 PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ORT_DTYPES = {"float": "float32", "double": "float64"}  # the other element type names are numpy's
 
 
 def gpu_providers() -> list[str]:
@@ -36,16 +37,19 @@ class OrtBackend(Backend):
         chosen = list(providers) if providers else [p for p in PROVIDERS if p in available]
         self._session = ort.InferenceSession(str(path), options, providers=chosen)
         log.info("onnxruntime providers: %s", self._session.get_providers())
-        inp = self._session.get_inputs()[0]
-        self._input = inp.name
-        self._dtype = np.float16 if inp.type == "tensor(float16)" else np.float32  # `qfsdk convert --fp16` files
-        self._output = self._session.get_outputs()[0].name
-        self.input_shape = dims(inp.shape)
+        self.inputs = tuple(_tensor_info(arg) for arg in self._session.get_inputs())
+        self.outputs = tuple(_tensor_info(arg) for arg in self._session.get_outputs())
         self.max_batch = self.input_shape[0]
+        self._output_names = [t.name for t in self.outputs]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        feed = batch.astype(self._dtype, copy=False)
-        return np.asarray(self._session.run([self._output], {self._input: feed})[0], np.float32)
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._output_names, self._session.run(self._output_names, feeds)))
 
     def close(self) -> None:
         self._session = None
+
+
+def _tensor_info(arg: ort.NodeArg) -> TensorInfo:
+    """A session input or output; ONNX Runtime names element types ``tensor(float)``, ``tensor(int64)``..."""
+    element = arg.type.removeprefix("tensor(").removesuffix(")")
+    return TensorInfo(arg.name, dims(arg.shape), ORT_DTYPES.get(element, element))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import queue
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .base import Backend, dims, import_optional
+from .base import Backend, TensorInfo, dims, import_optional
 
 HINTS = ("LATENCY", "THROUGHPUT")
 
@@ -33,23 +34,29 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = threads
         config["INFERENCE_PRECISION_HINT"] = precision
         core = ov.Core()
-        model = core.read_model(str(path))
-        self.input_shape = dims([d.get_length() if d.is_static else None for d in model.input(0).get_partial_shape()])
+        self._compiled = core.compile_model(core.read_model(str(path)), device, config)
+        self.inputs = tuple(_tensor_info(port) for port in self._compiled.inputs)
+        self.outputs = tuple(_tensor_info(port) for port in self._compiled.outputs)
         self.max_batch = self.input_shape[0]
-        self._compiled = core.compile_model(model, device, config)
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
             request = self._idle.get_nowait()
         except queue.Empty:
             request = self._compiled.create_infer_request()
         try:
-            request.infer({0: batch})
-            return np.array(request.get_output_tensor(0).data, np.float32)
+            request.infer({i: feeds[t.name] for i, t in enumerate(self.inputs)})
+            return {t.name: np.array(request.get_output_tensor(i).data) for i, t in enumerate(self.outputs)}
         finally:
             self._idle.put(request)
 
     def close(self) -> None:
         self._idle = queue.SimpleQueue()
         self._compiled = None
+
+
+def _tensor_info(port: Any) -> TensorInfo:
+    """A compiled model's input or output port."""
+    shape = dims([d.get_length() if d.is_static else None for d in port.get_partial_shape()])
+    return TensorInfo(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)

@@ -8,14 +8,14 @@ import sys
 import threading
 from pathlib import Path
 from types import ModuleType
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from .. import cuda
 from ..engine import EngineMismatchError, check_compatible, read_engine_info
 from ..metadata import ENGINE_SUFFIXES, ModelFileError
-from .base import Backend, import_optional
+from .base import Backend, TensorInfo, import_optional
 
 
 def import_tensorrt(feature: str) -> ModuleType:
@@ -49,7 +49,8 @@ def _import_python_plugin(path: Path) -> None:
 
 
 class TensorRTBackend(Backend):
-    """One execution context with pinned host and device buffers sized for the profile's max batch.
+    """One execution context with a pinned host and a device buffer per input and output, each sized
+    for the largest shapes of the engine's first optimization profile.
 
     Calls are serialised by a lock (one context, one stream).
     """
@@ -64,52 +65,96 @@ class TensorRTBackend(Backend):
                 f"build one with `qfsdk build {path} -o {path.with_suffix('.engine')}`"
             )
         trt = import_tensorrt("the tensorrt backend")
+        self._engine = engine = self._deserialize(trt, path, plugins)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        shape_io = [n for n in names if engine.is_shape_inference_io(n)]
+        if shape_io:
+            raise ModelFileError(f"{path}: shape tensors {shape_io} are not supported; export the model with static shape inputs")
+        tensors = [_tensor_info(trt, engine, n) for n in names]
+        self.inputs = tuple(t for t in tensors if engine.get_tensor_mode(t.name) == trt.TensorIOMode.INPUT)
+        self.outputs = tuple(t for t in tensors if t not in self.inputs)
+        self._limits = {t.name: _profile_limits(engine, t) for t in self.inputs}
+        self.max_batch = self._limits[self.inputs[0].name][1][0]
+        self._context = engine.create_execution_context()
+        self._stream = cuda.Stream()
+        self._buffers = self._allocate(path)
+        self._lock = threading.Lock()
+
+    def _deserialize(self, trt: ModuleType, path: Path, plugins: Sequence[str | Path]) -> object:
+        """The engine, after checking its sidecar against this TensorRT and GPU (runtime and logger kept alive)."""
         gpu, capability = cuda.device_info()
         check_compatible(read_engine_info(path), path, trt.__version__, gpu, capability)
         self._logger = trt.Logger(trt.Logger.WARNING)
         load_plugins(trt, self._logger, plugins)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-        if self._engine is None:
+        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
             raise EngineMismatchError(f"{path}: TensorRT could not deserialize the engine (see its log); rebuild it with `qfsdk build`")
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ModelFileError(f"{path}: expected one input and one output tensor, got {inputs} and {outputs}")
-        self._input, self._output = inputs[0], outputs[0]
-        max_shape = tuple(self._engine.get_tensor_profile_shape(self._input, 0)[2])
-        self.input_shape = (None, *max_shape[1:])
-        self.max_batch = max_shape[0]
-        width = self._engine.get_tensor_shape(self._output)[-1]
-        self._context = self._engine.create_execution_context()
-        self._stream = cuda.Stream()
-        self._in = cuda.PinnedBuffer(max_shape, trt.nptype(self._engine.get_tensor_dtype(self._input)))
-        self._out = cuda.PinnedBuffer((self.max_batch, width), trt.nptype(self._engine.get_tensor_dtype(self._output)))
-        self._context.set_tensor_address(self._input, int(self._in.device))
-        self._context.set_tensor_address(self._output, int(self._out.device))
-        self._lock = threading.Lock()
+        return engine
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        n = len(batch)
-        if n > self.max_batch:
-            raise ValueError(f"batch of {n} exceeds the engine's max batch {self.max_batch}")
+    def _allocate(self, path: Path) -> dict[str, cuda.PinnedBuffer]:
+        """One flat buffer per tensor, for the profile's largest inputs and the outputs they give, bound to the context."""
+        for name, (_, high) in self._limits.items():
+            self._context.set_input_shape(name, high)
+        largest = {name: high for name, (_, high) in self._limits.items()}
+        largest.update((t.name, tuple(self._context.get_tensor_shape(t.name))) for t in self.outputs)
+        unbounded = [name for name, shape in largest.items() if min(shape, default=0) < 0]
+        if unbounded:
+            raise ModelFileError(f"{path}: outputs {unbounded} have data-dependent shapes, which this backend does not support")
+        buffers = {}
+        for tensor in (*self.inputs, *self.outputs):
+            buffers[tensor.name] = cuda.PinnedBuffer((int(np.prod(largest[tensor.name])),), tensor.dtype)
+            self._context.set_tensor_address(tensor.name, int(buffers[tensor.name].device))
+        return buffers
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """The base checks, then each shape within the profile (the buffers hold its largest shapes)."""
+        super().check_feeds(feeds)
+        for name, value in feeds.items():
+            low, high = self._limits[name]
+            if any(not lo <= v <= hi for v, lo, hi in zip(value.shape, low, high)):
+                raise ValueError(f"input {name!r}: shape {value.shape} is outside the engine's profile, {low} to {high}")
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
-            self._in.host[:n] = batch
-            self._in.to_device(self._stream, n * self._in.nbytes // self.max_batch)
-            self._context.set_input_shape(self._input, batch.shape)
+            for name, value in feeds.items():
+                buffer = self._buffers[name]
+                buffer.host[: value.size] = value.ravel()  # dense, in the shape set below
+                buffer.to_device(self._stream, value.nbytes)
+                self._context.set_input_shape(name, value.shape)
             if not self._context.execute_async_v3(int(self._stream.handle)):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see its log)")
-            self._out.to_host(self._stream, n * self._out.nbytes // self.max_batch)
+            shapes = {t.name: tuple(self._context.get_tensor_shape(t.name)) for t in self.outputs}
+            for name, shape in shapes.items():
+                self._buffers[name].to_host(self._stream, int(np.prod(shape)) * self._buffers[name].host.itemsize)
             self._stream.synchronize()
-            return self._out.host[:n].astype(np.float32)
+            return {name: self._buffers[name].host[: int(np.prod(shape))].reshape(shape).copy() for name, shape in shapes.items()}
 
     def close(self) -> None:
         if getattr(self, "_lock", None) is None:
             return
         with self._lock:
             self._context = None
-            for resource in (self._in, self._out, self._stream):
+            for resource in (*self._buffers.values(), self._stream):
                 resource.close()
             self._engine = None
         self._lock = None
+
+
+def _tensor_info(trt: ModuleType, engine: object, name: str) -> TensorInfo:
+    """An engine input or output."""
+    dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+    return TensorInfo(name, _shape(engine.get_tensor_shape(name)), dtype.name)
+
+
+def _shape(dims: object) -> tuple[int | None, ...]:
+    """A TensorRT shape with None for its dynamic (-1) dimensions."""
+    return tuple(None if d < 0 else d for d in dims)
+
+
+def _profile_limits(engine: object, tensor: TensorInfo) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(smallest, largest) shape of an input in optimization profile 0 (its own shape when static)."""
+    if None not in tensor.shape:
+        return tensor.shape, tensor.shape
+    low, _, high = engine.get_tensor_profile_shape(tensor.name, 0)
+    return tuple(low), tuple(high)

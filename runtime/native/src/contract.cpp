@@ -81,6 +81,11 @@ void dump(const Json& v, std::ostringstream& out) {
 
 Contract contract_from_json(const Json& root) {
     if (root.type != Json::Type::Object) bad("must be a JSON object");
+    // Contracts are tagged by task (no tag: an embedder, as in files written before tags existed).
+    if (const Json* v = root.find("task")) {
+        std::string task = text(*v, "task");
+        if (task != "embedder") bad("task '" + task + "' is not an embedder; the C ABI embeds faces with embedder models");
+    }
     Contract c;
     const Json* size = root.find("input_size");
     const Json* emb = root.find("embedding_size");

@@ -7,6 +7,7 @@ grows by powers of two (so re-binning is exact) and choose the clipping range fr
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -104,13 +105,18 @@ class MSEObserver(HistogramObserver):
         return min(best, super().amax()) if math.isfinite(best) else super().amax()
 
 
+# name -> factory(bits, percentile argument or the config's percentile); the single place an observer is added.
+OBSERVERS: dict[str, Callable[[int, float], MinMaxObserver]] = {
+    "minmax": lambda bits, percentile: MinMaxObserver(),
+    "percentile": lambda bits, percentile: PercentileObserver(percentile),
+    "mse": lambda bits, percentile: MSEObserver(bits),
+}
+
+
 def make_observer(method: str, bits: int, percentile: float = 99.999) -> MinMaxObserver:
-    """Observer for ``method``: ``minmax``, ``percentile`` (or ``percentile:P``) or ``mse``."""
+    """Observer for ``method``: a key of :data:`OBSERVERS`, ``percentile:P`` choosing the percentile."""
     name, _, arg = method.partition(":")
-    if name == "minmax":
-        return MinMaxObserver()
-    if name == "percentile":
-        return PercentileObserver(float(arg) if arg else percentile)
-    if name == "mse":
-        return MSEObserver(bits)
-    raise ConfigError(f"unknown calibration method {method!r}; choose minmax, percentile[:P] or mse")
+    if name not in OBSERVERS:
+        choices = ", ".join(f"{n}[:P]" if n == "percentile" else n for n in OBSERVERS)
+        raise ConfigError(f"unknown calibration method {method!r}; choose {choices}")
+    return OBSERVERS[name](bits, float(arg) if arg else percentile)

@@ -21,11 +21,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from qfsdk.models.card import card_of
 from qfsdk.quant import LayerOverride, QuantConfig, calibrate
 from qfsdk.quant.api import quant_config_of
 
 from .requantize import requantize
-from .sensitivity import LayerSensitivity
+from qfsdk.eval.sensitivity import LayerSensitivity
 
 
 @dataclass
@@ -65,7 +66,7 @@ class _Verifier:
         self.quant_model = quant_model
         self.calibration = calibration
         self.base = quant_config_of(quant_model)
-        self.method = (getattr(quant_model, "calibration", None) or {}).get("method", self.base.observer)
+        self.method = (card_of(quant_model).calibration or {}).get("method", self.base.observer)
         self.images = images
         with torch.no_grad():
             self.reference = float_model.eval()(images)

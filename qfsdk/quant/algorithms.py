@@ -1,0 +1,165 @@
+"""PTQ algorithms: a registry of named, validated steps that ``calibrate`` runs in order.
+
+A step receives a :class:`CalibrationRun` (the quantized model, its config, a re-iterable source
+of preprocessed batches, the range method) and changes the model's quantizer state: activation
+ranges, weight steps, weight rounding. The built-in ``ranges`` step observes float activations
+and freezes the ranges; other steps (equalization, bias correction, learned rounding) register
+the same way, from inside or outside the package::
+
+    @register_algorithm("round_down", "every weight rounded toward -inf")
+    def round_down(run, options):
+        for _, quantizer in weight_quantizers(run.model): ...
+
+Weight quantizers export exactly the codes a step leaves (see :class:`~qfsdk.quant.modules.WeightQuantizer`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qfsdk.errors import ConfigError, did_you_mean
+
+from .modules import ActQuantizer, WeightQuantizer
+from .observers import make_observer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationRun:
+    """What a PTQ step works with; ``images``: how many images one pass over ``batches`` held."""
+
+    model: nn.Module
+    config: Any  # QuantConfig
+    batches: Any  # re-iterable, sized, of (B, 3, H, W) tensors
+    method: str
+    progress: bool = False
+    images: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward_all(self, desc: str) -> int:
+        """One no-grad pass of every batch through the model; the number of images it held.
+
+        The source may synthesise its images lazily (which needs gradients): only the forward is no_grad.
+        """
+        count = 0
+        for batch in tqdm(self.batches, desc=desc, disable=not self.progress, total=len(self.batches)):
+            with torch.no_grad():
+                self.model(batch.to(self.device))
+            count += len(batch)
+        self.images = max(self.images, count)
+        return count
+
+
+@dataclass(frozen=True)
+class PTQAlgorithm:
+    """A registered step: ``run(calibration_run, options)``; ``options`` is a dataclass type or None."""
+
+    name: str
+    run: Callable[[CalibrationRun, Any], None]
+    description: str
+    options: type | None = None
+
+    def parse_options(self, values: Mapping[str, Any]) -> Any:
+        if self.options is None:
+            if values:
+                raise ConfigError(f"PTQ step {self.name!r} takes no options, got {', '.join(values)}")
+            return None
+        known = [f.name for f in fields(self.options)]
+        for key in values:
+            if key not in known:
+                hint = did_you_mean(key, known) or f"; options: {', '.join(known)}"
+                raise ConfigError(f"unknown option {key!r} of PTQ step {self.name!r}{hint}")
+        return self.options(**values)
+
+
+ALGORITHMS: dict[str, PTQAlgorithm] = {}
+DEFAULT_RECIPE = ("ranges",)
+
+
+def register_algorithm(name: str, description: str, options: type | None = None) -> Callable:
+    """Decorator registering ``run(calibration_run, options)`` as PTQ step ``name``."""
+    if options is not None and not is_dataclass(options):
+        raise TypeError("PTQ step options must be a dataclass type")
+
+    def decorate(run: Callable[[CalibrationRun, Any], None]) -> Callable:
+        ALGORITHMS[name] = PTQAlgorithm(name, run, description, options)
+        return run
+
+    return decorate
+
+
+def get_algorithm(name: str) -> PTQAlgorithm:
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown PTQ step {name!r}{did_you_mean(name, ALGORITHMS)}; registered: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def resolve_recipe(recipe: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | None) -> list[tuple[PTQAlgorithm, Any, dict]]:
+    """Validated (algorithm, parsed options, raw step) triples: a name, ``{"name": ..., **options}`` or a list of them."""
+    if recipe is None:
+        recipe = DEFAULT_RECIPE
+    if isinstance(recipe, (str, Mapping)):
+        recipe = [recipe]
+    steps = []
+    for step in recipe:
+        raw = {"name": step} if isinstance(step, str) else dict(step)
+        if "name" not in raw:
+            raise ConfigError(f"a PTQ step needs a 'name', got {step!r}")
+        algorithm = get_algorithm(raw["name"])
+        steps.append((algorithm, algorithm.parse_options({k: v for k, v in raw.items() if k != "name"}), raw))
+    return steps
+
+
+def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:
+    """Every activation quantizer with its qualified name."""
+    for name, module in model.named_modules():
+        if isinstance(module, ActQuantizer):
+            yield name, module
+
+
+def weight_quantizers(model: nn.Module) -> Iterator[tuple[nn.Module, WeightQuantizer]]:
+    """(layer, its weight quantizer) for every quantized Conv/Linear."""
+    for module in model.modules():
+        quantizer = getattr(module, "weight_quantizer", None)
+        if isinstance(quantizer, WeightQuantizer):
+            yield module, quantizer
+
+
+def _observe(quantizers: Iterable[ActQuantizer], method: str, percentile: float) -> None:
+    for quantizer in quantizers:
+        quantizer.observer = make_observer(method if quantizer.symmetric else "minmax", quantizer.bits, percentile)
+
+
+def _freeze(quantizer: ActQuantizer, observed: bool) -> None:
+    observer, quantizer.observer = quantizer.observer, None
+    if not observed:
+        return
+    low, high = observer.min_max()
+    if quantizer.symmetric:
+        quantizer.set_range(low, high)  # x_min == 0 (never negative) selects the unsigned grid
+        high = observer.amax(unsigned=quantizer.unsigned)
+        low = 0.0 if low >= 0 else -high
+    quantizer.set_range(low, high)
+
+
+@register_algorithm("ranges", "activation ranges from the float activations (the config's observer or --method)")
+def calibrate_ranges(run: CalibrationRun, options: None) -> None:
+    quantizers = [q for _, q in act_quantizers(run.model)]
+    _observe(quantizers, run.method, run.config.percentile)
+    count = 0
+    try:
+        count = run.forward_all(f"calibrate ({run.method})")
+    finally:
+        for quantizer in quantizers:
+            _freeze(quantizer, count > 0)
+    log.info("calibrated %d activation quantizers on %d images (%s)", len(quantizers), count, run.method)

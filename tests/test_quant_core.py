@@ -1,0 +1,194 @@
+"""The quantization core is open: foreign layer types, functional residual adds, PTQ steps and
+model builders registered from outside the package, and one model card through wrappers."""
+
+from __future__ import annotations
+
+import ast
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import qfsdk
+from qfsdk.converters import export_quantized
+from qfsdk.converters.graph_check import check_model
+from qfsdk.errors import ConfigError
+from qfsdk.models import describe
+from qfsdk.models.card import card_of
+from qfsdk.quant.algorithms import ALGORITHMS, register_algorithm, weight_quantizers
+from qfsdk.quant.checkpoint import BUILDERS, register_builder
+from qfsdk.quant.modules import QuantConvMixin, QuantResidualAdd
+from qfsdk.runtime.contract import FaceContract
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = FaceContract(input_size=(16, 16), embedding_size=8)
+MODEL_FILES = {"qfsdk.models.dlib_resnet", "qfsdk.models.iresnet", "qfsdk.models.mobilefacenet", "qfsdk.models.zoo"}
+
+
+class ScaledConv(nn.Conv2d):
+    """A user's own conv type: a subclass with a method of its own."""
+
+    def describe(self) -> str:
+        return f"scaled {self.out_channels}"
+
+
+class PlainResidualNet(nn.Module):
+    """A model written the plain way: a subclassed conv, BatchNorm, PReLU and ``x + y`` residuals."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ScaledConv(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.act = nn.PReLU(8)
+        self.conv_a = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn(self.stem(x)))
+        x = self.bn_a(self.conv_a(x)) + x  # the skip input is the second operand here
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def _plain_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = PlainResidualNet().eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    return describe(model, CONTRACT, "plain_residual_net")
+
+
+def _data(n: int = 8) -> torch.Tensor:
+    return torch.randn(n, 3, *CONTRACT.input_size, generator=torch.Generator().manual_seed(1))
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    found: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            found.setdefault(name, []).append(node)
+    return found
+
+
+def test_subclass_and_plain_add_are_quantized_and_exported_with_the_skip_quantized(tmp_path):
+    float_model = _plain_model()
+    model = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), _data())
+    modules = dict(model.named_modules())
+    assert isinstance(modules["stem"], QuantConvMixin) and isinstance(modules["stem"], ScaledConv)
+    assert modules["stem"].describe() == "scaled 8"  # the subclass keeps its own methods
+    adds = [m for m in model.modules() if isinstance(m, QuantResidualAdd)]
+    assert len(adds) == 1 and adds[0].skip_quantizer is not None and bool(adds[0].skip_quantizer.has_range)
+    assert card_of(model).architecture == "plain_residual_net"
+
+    path = export_quantized(model, tmp_path / "plain.onnx", target="tensorrt")
+    proto = onnx.load(str(path))
+    assert check_model(path) == []
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    (add,) = [n for n in proto.graph.node if n.op_type == "Add"]
+    kinds = [producers[name].op_type for name in add.input]
+    assert "DequantizeLinear" in kinds  # the skip input arrives through Q/DQ ...
+    main = add.input[kinds.index("DequantizeLinear") ^ 1]
+    assert producers[main].op_type == "Conv"  # ... and the main branch straight from the (BatchNorm-folded) conv
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = _data(4)
+    exported = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(exported, model(x).numpy(), atol=2e-2)
+
+
+@dataclass(frozen=True)
+class RoundDownOptions:
+    layers: str = "*"
+
+
+def test_a_ptq_step_registered_outside_the_package_exports_exactly_its_codes(tmp_path):
+    @register_algorithm("test_round_down", "every weight rounded toward -inf", RoundDownOptions)
+    def round_down(run, options):
+        for layer, quantizer in weight_quantizers(run.model):
+            quantizer.set_rounding(torch.zeros_like(layer.weight, dtype=torch.int8))
+
+    try:
+        model = qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w8a8"), _data(), algorithm=["ranges", {"name": "test_round_down"}])
+        assert card_of(model).calibration["algorithm"] == [{"name": "ranges"}, {"name": "test_round_down"}]
+        expected, nearest = {}, {}
+        for layer, quantizer in weight_quantizers(model):
+            scaled = layer.weight.detach() / quantizer.step_size(layer.weight.detach())
+            expected[tuple(layer.weight.shape)] = torch.clamp(torch.floor(scaled), -127, 127).numpy()
+            nearest[tuple(layer.weight.shape)] = torch.clamp(torch.round(scaled), -127, 127).numpy()
+        path = export_quantized(model, tmp_path / "floor.onnx", target="onnxruntime")
+        proto = onnx.load(str(path))
+        consumers = _consumers(proto.graph)
+        stored = [numpy_helper.to_array(i) for i in proto.graph.initializer
+                  if i.data_type == onnx.TensorProto.INT8 and any(n.op_type == "DequantizeLinear" for n in consumers.get(i.name, []))]
+        weights = {a.shape: a for a in stored if a.ndim in (2, 4)}
+        assert set(weights) == set(expected)
+        for shape, codes in weights.items():
+            # BatchNorm folding may flip a channel's sign (codes negate exactly); the magnitudes are the floor codes.
+            assert np.array_equal(np.abs(codes), np.abs(expected[shape])), shape
+            assert not np.array_equal(np.abs(codes), np.abs(nearest[shape])), shape  # nearest rounding would differ
+    finally:
+        ALGORITHMS.pop("test_round_down", None)
+
+
+def test_learned_rounding_survives_a_checkpoint_through_a_registered_builder(tmp_path):
+    register_builder("test_plain", lambda spec: _plain_model(spec["seed"]))
+    try:
+        model = qfsdk.calibrate(qfsdk.quantize(_plain_model(3), "w6a6"), _data())
+        for layer, quantizer in weight_quantizers(model):
+            quantizer.set_rounding(torch.ones_like(layer.weight, dtype=torch.int8))
+        card_of(model).rebuild = {"kind": "test_plain", "seed": 3}
+        path = qfsdk.save_quantized(model, tmp_path / "plain.safetensors")
+        loaded = qfsdk.load(path)
+        x = _data(3)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model.eval()(x))
+        assert all(q.rounding is not None for _, q in weight_quantizers(loaded))
+    finally:
+        BUILDERS.pop("test_plain", None)
+
+
+def test_unknown_ptq_steps_and_options_are_config_errors():
+    model = qfsdk.quantize(_plain_model(), "w8a8")
+    with pytest.raises(ConfigError, match="did you mean 'ranges'"):
+        qfsdk.calibrate(model, _data(), algorithm="range")
+    with pytest.raises(ConfigError, match="takes no options"):
+        qfsdk.calibrate(model, _data(), algorithm={"name": "ranges", "bins": 3})
+
+
+def test_the_card_survives_wrappers_and_its_absence_is_an_error():
+    model = qfsdk.quantize(_plain_model(), "w8a8")
+    wrapped = nn.DataParallel(model)
+    assert card_of(wrapped).quant_config.weight_bits == 8
+    with pytest.raises(ConfigError, match="no model card"):
+        card_of(nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match="no contract"):
+        qfsdk.quantize(nn.Sequential(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)), {"preset": "w8a8", "scheme": "onnxruntime"})
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_quantization_core_imports_no_model_file():
+    for path in sorted((ROOT / "qfsdk" / "quant").glob("*.py")):
+        bad = _imports(path) & MODEL_FILES
+        assert not bad, f"{path.name} imports {bad}"
