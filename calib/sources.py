@@ -11,6 +11,7 @@ from qfsdk.calib.data import BatchSource
 from qfsdk.calib.folder import ImageFolderSource
 from qfsdk.calib.inversion import AUTO
 from qfsdk.calib.synth import DEFAULT_BATCH_SIZE, DEFAULT_COUNT, MANIFEST, load_synthetic_dir, synthetic_source
+from qfsdk.models.card import card_of
 from qfsdk.runtime.contract import FaceContract
 
 SYNTHETIC = "synthetic"  # the keyword for images inverted from the model on the fly
@@ -46,7 +47,7 @@ def open_source(
     ``method``, ``seed`` and ``iterations``. Any other string or path (a ``Path("synthetic")``
     too) is a folder: a ``qfsdk synth`` dataset when it holds its manifest, else image files.
     """
-    contract = contract or model.contract
+    contract = contract or card_of(model).contract
     if source == SYNTHETIC:
         data = synthetic_source(model, contract, num_images, method=method, seed=seed, batch_size=batch_size,
                                 iterations=iterations, progress=progress)  # fmt: skip

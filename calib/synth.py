@@ -41,10 +41,12 @@ CONTRACT_KEYS = ("input_size", "mean", "std", "channel_order")  # what decides i
 
 
 def _load_model(model_name: str, weights: str | Path | None) -> tuple[nn.Module, Path | None]:
-    """The zoo model and the weights file it was loaded from (None: seeded random init)."""
+    """The zoo (or imported) model and the weights file it was loaded from (None: seeded random init)."""
     from qfsdk.models import create, get_spec
 
     spec = get_spec(model_name)
+    if spec.weights_included:
+        return create(model_name), Path(spec.weights_source)
     path = Path(weights) if weights is not None else (spec.default_weights() if spec.default_weights else None)
     if path is not None:
         return create(model_name, path), path

@@ -121,11 +121,14 @@ def _is_float(text: str, options: ConvertOptions) -> bool:
 
 
 def _read_float(text: str, options: ConvertOptions) -> Source:
-    from qfsdk.models import create, names
+    from qfsdk.models import create, get_spec, names
 
     if not Path(text).exists() and text in names():
         model = create(text)
         return Source(model, text, model.contract, "zoo model", False, f"zoo model {text}")
+    if Path(text).suffix.lower() == ".onnx" and Path(text).is_file():
+        spec = get_spec(text)  # an imported face model
+        return Source(create(text), spec.name, spec.contract, "imported model", False, text)
     if not Path(text).is_file():
         raise QfsdkError(f"{text}: neither a file nor a zoo model name (see `qfsdk models`)")
     if options.model_name is None:

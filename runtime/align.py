@@ -37,6 +37,9 @@ Points = Sequence[Sequence[float]] | np.ndarray
 # left, mouth corner on the right.
 TEMPLATES: dict[str, tuple[tuple[float, float], ...]] = {
     "arcface": ((38.2946, 51.6963), (73.5318, 51.5014), (56.0252, 71.7366), (41.5493, 92.3655), (70.7299, 92.2041)),
+    # dlib's 150x150 chip (padding 0.25), in dlib's 5-point semantics (eye corners, nose base); fitted
+    # template-to-landmarks as dlib does (qfsdk.models.zoo, tests/test_runtime_align.py).
+    "dlib": ((110.4078, 45.8888), (89.0862, 47.4336), (36.6092, 45.9117), (57.9311, 47.4433), (73.5126, 87.2624)),
 }
 
 

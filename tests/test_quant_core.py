@@ -143,7 +143,7 @@ def test_a_ptq_step_registered_outside_the_package_exports_exactly_its_codes(tmp
 
 
 def test_learned_rounding_survives_a_checkpoint_through_a_registered_builder(tmp_path):
-    register_builder("test_plain", lambda spec: _plain_model(spec["seed"]))
+    register_builder("test_plain", lambda spec, payload: _plain_model(spec["seed"]))
     try:
         model = qfsdk.calibrate(qfsdk.quantize(_plain_model(3), "w6a6"), _data())
         for layer, quantizer in weight_quantizers(model):
@@ -192,3 +192,54 @@ def test_the_quantization_core_imports_no_model_file():
     for path in sorted((ROOT / "qfsdk" / "quant").glob("*.py")):
         bad = _imports(path) & MODEL_FILES
         assert not bad, f"{path.name} imports {bad}"
+
+
+def test_bias_correction_zeroes_each_layers_mean_output_error():
+    """After ``bias_correction`` every corrected layer's per-channel output mean equals the float model's
+    on the calibration images; before, W4 weights shift them visibly."""
+    from qfsdk.quant.bias_correction import _means
+
+    data = _data(16)
+    float_model = _plain_model()
+    plain = qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w4a8"), data)
+    corrected = qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w4a8"), data, algorithm=["ranges", "bias_correction"])
+    assert card_of(corrected).calibration["algorithm"] == [{"name": "ranges"}, {"name": "bias_correction"}]
+    names = ["stem", "conv_a", "fc"]
+    float_layers = [dict(float_model.named_modules())[n] for n in names]
+    reference = _means(float_model, float_layers, [data], torch.device("cpu"))
+
+    def errors(model):
+        layers = [dict(model.named_modules())[n] for n in names]
+        quantized = _means(model, layers, [data], torch.device("cpu"))
+        return [float((reference.mean(f) - quantized.mean(q)).abs().max()) for f, q in zip(float_layers, layers)]
+
+    before, after = errors(plain), errors(corrected)
+    assert min(before) > 5e-4
+    assert max(after) < 1e-5
+
+
+def test_an_imported_graphs_residual_add_is_quantized_in_place():
+    """An ONNX graph converted to PyTorch keeps its Add as ``x + y``; quantize finds it in the graph itself
+    (no re-tracing, which ops such as a Flatten on axis 2 would break) and converts the module in place."""
+    from onnx import TensorProto, helper
+
+    from qfsdk.models.onnx_graph import to_torch
+    from qfsdk.quant.modules import bypassed
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 3, 3, 3)).astype(np.float32), "w")
+    shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "x"], ["a"]),
+         helper.make_node("Flatten", ["a"], ["f"], axis=2), helper.make_node("Reshape", ["f", "shape"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, shape])
+    module = describe(to_torch(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])), CONTRACT, "tiny")
+    x = _data(2)
+    with torch.no_grad():
+        expected = module(x)
+    quantized = qfsdk.quantize(module, "w8a8")
+    assert quantized is module
+    (add,) = [m for m in quantized.modules() if isinstance(m, QuantResidualAdd)]
+    assert add.skip_quantizer is not None
+    with torch.no_grad(), bypassed(quantized):
+        torch.testing.assert_close(quantized(x), expected)  # the same function with the quantizers passing values

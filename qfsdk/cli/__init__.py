@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "qat": "qfsdk.cli.qat_cmd:qat",
     "convert": "qfsdk.cli.convert_cmd:convert",
     "check": "qfsdk.cli.check_cmd:check",
+    "import": "qfsdk.cli.import_cmd:import_model",
     "embed": "qfsdk.cli.embed_cmd:embed",
     "build": "qfsdk.cli.build_cmd:build",
     "bench": "qfsdk.cli.bench_cmd:bench",

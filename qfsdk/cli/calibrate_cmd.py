@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qfsdk.quant.algorithms import ALGORITHMS, DEFAULT_RECIPE
 from qfsdk.quant.config import OBSERVERS, QuantConfig
 
 from .common import build_config, model_options, quant_options
@@ -22,13 +23,15 @@ from .common import build_config, model_options, quant_options
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
 @click.option("--method", default="percentile", show_default=True,
               help=f"Range observer: {', '.join(OBSERVERS)}; percentile:P picks the percentile (default {QuantConfig.percentile}).")
+@click.option("--recipe", default=",".join(DEFAULT_RECIPE), show_default=True,
+              help="PTQ steps in order, comma-separated: " + "; ".join(f"{a.name}: {a.description}" for a in ALGORITHMS.values()) + ".")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Images per synthesis and calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
 def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthetic, data_dir, num_images, iterations, method,
-              batch_size, seed, output) -> None:
+              recipe, batch_size, seed, output) -> None:
     """Quantize MODEL and calibrate its activation ranges (PTQ), without real face data."""
     import torch
 
@@ -36,23 +39,26 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     from qfsdk.calib.sources import open_source
     from qfsdk.quant.observers import make_observer
     from qfsdk.models import create
+    from qfsdk.quant.algorithms import resolve_recipe
     from qfsdk.quant.api import check_config
 
     config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
-    make_observer(method, 8)  # validates the method name before any work
+    make_observer(method, 8)  # validates the method and the recipe before any work
+    steps = [step.strip() for step in recipe.split(",") if step.strip()]
+    resolve_recipe(steps)
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     model = create(model_name, weights=weights)
     check_config(model, config)
     data, description = open_source(_data_source(data_dir, synthetic), model, num_images=num_images, seed=seed,
                                     batch_size=batch_size, iterations=iterations, progress=True)
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data, method=method, progress=True)
+    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data, method=method, algorithm=steps, progress=True)
 
     with torch.no_grad():
         batch = next(iter(data))
         cosine = torch.nn.functional.cosine_similarity(quantized(batch), model(batch)).min().item()
     qfsdk.save_quantized(quantized, output, extra={"data": description, "weights": str(weights or "default")})
-    click.echo(f"calibrated {model_name} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}, {method}) "
-               f"on {description}")
+    click.echo(f"calibrated {model_name} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}, {method}, "
+               f"recipe {'+'.join(steps)}) on {description}")
     click.echo(f"quantized vs float on a calibration batch: min cosine {cosine:.5f}")
     click.echo(f"wrote {output}")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from qfsdk.errors import ConfigError
 from qfsdk.runtime.contract import FaceContract
 
 CARD_ATTRIBUTE = "card"
+_FX_PRESERVED = getattr(fx.graph_module, "_USER_PRESERVED_ATTRIBUTES_KEY", "_user_preserved_attributes")
 
 
 @dataclass
@@ -47,8 +48,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def attach_card(model: nn.Module, card: ModelCard) -> nn.Module:
-    """Give ``model`` its card (bypassing nn.Module's attribute routing) and return it."""
-    object.__setattr__(unwrap(model), CARD_ATTRIBUTE, card)
+    """Give ``model`` its card and return it (a torch.fx GraphModule keeps it through deepcopy too)."""
+    inner = unwrap(model)
+    object.__setattr__(inner, CARD_ATTRIBUTE, card)
+    if isinstance(inner, fx.GraphModule):  # its deepcopy rebuilds the module and restores only these attributes
+        inner.meta.setdefault(_FX_PRESERVED, {})[CARD_ATTRIBUTE] = card
     return model
 
 
@@ -87,3 +91,7 @@ class CardedModel(nn.Module):
     @property
     def calibration(self) -> dict[str, Any] | None:
         return card_of(self).calibration
+
+
+class CardedGraphModule(CardedModel, fx.GraphModule):
+    """A torch.fx GraphModule (an imported graph, a model whose adds were made modules) with the card's properties."""

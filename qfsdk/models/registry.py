@@ -26,7 +26,8 @@ class ModelSpec:
     """Everything the SDK knows about one architecture.
 
     ``read_weights`` reads a native weights format that is not a torch/safetensors state
-    dict (dlib's ``.dat``); ``default_weights`` locates packaged pretrained weights.
+    dict (dlib's ``.dat``); ``default_weights`` locates packaged pretrained weights;
+    ``weights_included``: ``build`` returns the trained model (an imported ONNX) with its card.
     """
 
     name: str
@@ -37,6 +38,7 @@ class ModelSpec:
     default_weights: Callable[[], Path] | None = None
     read_weights: Callable[[Path], StateDict] | None = None
     native_suffix: str | None = None
+    weights_included: bool = False
 
     def num_parameters(self) -> int:
         """Parameter count, computed on the meta device (no memory, no init)."""
@@ -46,6 +48,13 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+# Functions mapping a name that is not registered (a file path) to a spec, or None; tried in order.
+_RESOLVERS: list[Callable[[str], "ModelSpec | None"]] = []
+
+
+def register_resolver(resolve: Callable[[str], "ModelSpec | None"]) -> None:
+    """Let ``get_spec``/``create`` accept names ``resolve`` recognises (e.g. imported ONNX paths)."""
+    _RESOLVERS.append(resolve)
 
 
 def register(spec: ModelSpec) -> ModelSpec:
@@ -63,12 +72,15 @@ def names() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     """The spec of ``name``; unknown names fail with the closest matches."""
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, names(), n=3)
-        hint = f"; did you mean {' or '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(names())})") from None
+    for resolve in _RESOLVERS:
+        spec = resolve(name)
+        if spec is not None:
+            return spec
+    close = difflib.get_close_matches(name, names(), n=3)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(names())}, or the .onnx file of `qfsdk import`)")
 
 
 def create(name: str, weights: str | Path | None = None, *, pretrained: bool = True) -> nn.Module:
@@ -83,6 +95,10 @@ def create(name: str, weights: str | Path | None = None, *, pretrained: bool = T
     from qfsdk.models.weights import load_weights
 
     spec = get_spec(name)
+    if spec.weights_included:
+        if weights is not None:
+            raise ConfigError(f"{name} carries its own weights: drop the weights file ({weights})")
+        return spec.build().eval()
     model = spec.build()
     if weights is None and pretrained and spec.default_weights is not None:
         weights = spec.default_weights()

@@ -22,7 +22,7 @@ ARCFACE_TEMPLATE = TEMPLATES["arcface"]
 # padding=0.25) puts them: its 5-point mean face mapped through its chip's pixel grid, fitted by
 # least squares over the 12 real faces of tests/face_photos.py; dlib fits the similarity from
 # the template to the landmarks. Warping with these reproduces dlib's chips (tests/test_runtime_align.py).
-DLIB_TEMPLATE = ((110.4078, 45.8888), (89.0862, 47.4336), (36.6092, 45.9117), (57.9311, 47.4433), (73.5126, 87.2624))
+DLIB_TEMPLATE = TEMPLATES["dlib"]
 
 for _name, _depths in DEPTHS.items():
     register(

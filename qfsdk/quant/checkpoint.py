@@ -2,22 +2,24 @@
 
 No pickled classes: ``load`` rebuilds the float model with the builder the file names (the zoo
 by default; a model family registers its own with :func:`register_builder`), applies the stored
-quantization config and loads the tensors strictly.
+quantization config and loads the tensors strictly. A builder may store a payload with the
+tensors (an imported model's float ONNX), so the checkpoint stands alone.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
+import torch
 from torch import nn
 
 from qfsdk._version import __version__
 from qfsdk.errors import CheckpointError
-from qfsdk.runtime.files import atomic_output
-
 from qfsdk.models.card import card_of
+from qfsdk.runtime.files import atomic_output
 
 from .api import quant_config_of, quantize
 from .config import QuantConfig
@@ -25,22 +27,48 @@ from .modules import prepare_optional_state
 
 FORMAT = "qfsdk.quantized/1"
 
-# kind -> rebuild(spec) -> the float model (with its card); spec is the card's JSON ``rebuild`` dict.
-BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
+PAYLOAD_PREFIX = "__rebuild__."  # tensors a builder stores beside the state dict
+Payload = Mapping[str, torch.Tensor]
 
 
-def register_builder(kind: str, rebuild: Callable[[dict[str, Any]], nn.Module]) -> None:
-    """Let checkpoints whose card says ``{"kind": kind, ...}`` be rebuilt by ``rebuild(spec)``."""
-    BUILDERS[kind] = rebuild
+@dataclass(frozen=True)
+class Builder:
+    """``rebuild(spec, payload)`` -> the float model (with its card); ``payload(spec)`` -> tensors to store."""
+
+    rebuild: Callable[[dict[str, Any], Payload], nn.Module]
+    payload: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None
 
 
-def _zoo_model(spec: dict[str, Any]) -> nn.Module:
+BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(kind: str, rebuild: Callable[[dict[str, Any], Payload], nn.Module],
+                     payload: Callable[[dict[str, Any]], dict[str, torch.Tensor]] | None = None) -> None:
+    """Let checkpoints whose card says ``{"kind": kind, ...}`` be rebuilt by ``rebuild(spec, payload)``;
+    ``payload(spec)`` gives the tensors saved with the checkpoint for that (None: nothing)."""
+    BUILDERS[kind] = Builder(rebuild, payload)
+
+
+def _zoo_model(spec: dict[str, Any], payload: Payload) -> nn.Module:
     from qfsdk.models import create
 
     return create(spec["name"], pretrained=False)
 
 
+def _imported_model(spec: dict[str, Any], payload: Payload) -> nn.Module:
+    from qfsdk.models.imported import from_bytes
+
+    return from_bytes(payload["onnx"].numpy().tobytes(), spec)
+
+
+def _imported_payload(spec: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from qfsdk.models.imported import source_bytes
+
+    return {"onnx": torch.frombuffer(bytearray(source_bytes(spec)), dtype=torch.uint8)}
+
+
 register_builder("zoo", _zoo_model)
+register_builder("onnx", _imported_model, _imported_payload)
 
 
 def rebuild_spec(model: nn.Module) -> dict[str, Any]:
@@ -57,24 +85,28 @@ def rebuild_spec(model: nn.Module) -> dict[str, Any]:
 
 
 def save_quantized(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write a quantized zoo model (tensors + config + contract + calibration info); atomic."""
+    """Write a quantized model (tensors + config + contract + calibration info + how to rebuild it); atomic."""
     from safetensors.torch import save_file
 
     config = quant_config_of(model)
     card = card_of(model)
     if card.contract is None:
         raise CheckpointError("the model has no preprocessing contract: describe it with qfsdk.models.describe(model, FaceContract(...))")
+    spec = rebuild_spec(model)
     metadata = {
         "format": FORMAT,
         "qfsdk_version": __version__,
         "architecture": card.architecture,
-        "rebuild": json.dumps(rebuild_spec(model), sort_keys=True),
+        "rebuild": json.dumps(spec, sort_keys=True),
         "quant_config": config.to_json(),
         "contract": card.contract.to_json(),
         "calibration": json.dumps(card.calibration),
         "extra": json.dumps(extra or {}),
     }
+    builder = BUILDERS.get(spec.get("kind"))
     tensors = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if builder is not None and builder.payload is not None:
+        tensors.update({PAYLOAD_PREFIX + k: v for k, v in builder.payload(spec).items()})
     path = Path(path)
     with atomic_output(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -109,8 +141,9 @@ def load(path: str | Path) -> nn.Module:
     if spec.get("kind") not in BUILDERS:
         raise CheckpointError(f"{path}: rebuilding a {spec.get('kind')!r} model needs its builder registered "
                               f"(known: {', '.join(BUILDERS)})")
-    model = quantize(BUILDERS[spec["kind"]](spec), QuantConfig.from_json(metadata["quant_config"]))
     state = load_file(str(path))
+    payload = {k[len(PAYLOAD_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(PAYLOAD_PREFIX)]}
+    model = quantize(BUILDERS[spec["kind"]].rebuild(spec, payload), QuantConfig.from_json(metadata["quant_config"]))
     prepare_optional_state(model, state)
     problems = describe_mismatch(model, state)
     if problems:

@@ -30,6 +30,11 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
 
 
+def floor_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round toward -inf in the forward pass, identity gradient (learned rounding adds 0 or 1)."""
+    return x + (torch.floor(x) - x).detach()
+
+
 def symmetric_scale(amax: torch.Tensor, bits: int, narrow: bool) -> torch.Tensor:
     """Scale mapping ``amax`` to the largest positive level."""
     return amax.clamp_min(EPS) / signed_range(bits, narrow)[1]

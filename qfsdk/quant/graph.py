@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
+from qfsdk.models.card import CardedGraphModule
 from qfsdk.models.layers import ResidualAdd
 
 from .modules import Quantizer
@@ -116,20 +117,25 @@ def modularize_residual_adds(model: nn.Module) -> nn.Module:
     """``model`` with each functional tensor add as a ``ResidualAdd`` module named ``residual_add_K``.
 
     The skip input is the operand that does not come straight from a conv/linear/BatchNorm (the
-    second one when both or neither do). Returns ``model`` itself when it has no such add or cannot
-    be traced symbolically (data-dependent control flow), else a ``torch.fx.GraphModule``.
+    second one when both or neither do). A GraphModule (an imported graph) is rewritten in place;
+    another model is traced symbolically and returned as a new GraphModule if it has such adds.
+    ``model`` itself comes back when it has none or cannot be traced (data-dependent control flow).
     """
-    try:
-        graph = _LeafTracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 -- any trace failure just means "no functional adds found"
-        log.debug("%s is not symbolically traceable (%s): functional adds stay unquantized", type(model).__name__, exc)
-        return model
+    if isinstance(model, fx.GraphModule):
+        graph = model.graph
+    else:
+        try:
+            graph = _LeafTracer().trace(model)
+        except Exception as exc:  # noqa: BLE001 -- any trace failure just means "no functional adds found"
+            log.warning("%s is not symbolically traceable (%s): its functional adds (if any) stay unquantized",
+                        type(model).__name__, str(exc).splitlines()[0])
+            return model
     dependent = _input_dependent(graph)
     adds = [node for node in graph.nodes if _is_tensor_add(node, dependent)]
     if not adds:
         return model
     modules = dict(model.named_modules())
-    module = fx.GraphModule(model, graph, class_name=type(model).__name__)
+    module = model if isinstance(model, fx.GraphModule) else CardedGraphModule(model, graph, class_name=type(model).__name__)
     for index, node in enumerate(adds):
         main, skip = node.args
         if _ends_a_branch(skip, modules) and not _ends_a_branch(main, modules):

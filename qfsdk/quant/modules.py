@@ -23,8 +23,10 @@ from .fake_quant import (
     asymmetric_params,
     fake_quant_asymmetric,
     fake_quant_levels,
+    floor_ste,
     per_channel_amax,
     per_channel_min_max,
+    round_ste,
     signed_range,
     symmetric_scale,
     unsigned_range,
@@ -35,9 +37,11 @@ EXPORT_FORMS = ("qdq", "plugin")  # what a quantizer emits inside exporting(): Q
 
 
 class Quantizer(nn.Module):
-    """Base of the activation and weight quantizers; ``export_as`` is set only during an export."""
+    """Base of the activation and weight quantizers; ``export_as`` is set only during an export,
+    ``bypass`` only inside :func:`bypassed` (values pass unchanged: the float model, same weights)."""
 
     export_as: str | None = None
+    bypass: bool = False
 
 
 class ActQuantizer(Quantizer):
@@ -100,6 +104,8 @@ class ActQuantizer(Quantizer):
         return ActForm(scale=float(1.0 / scale), zero_point=int(-zero_point), qmin=-half, qmax=half - 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return x
         if self.export_as is not None:
             form = self.form()
             return act_plugin(x, form) if self.export_as == "plugin" and self.bits < 8 else act_qdq(x, form)
@@ -120,14 +126,6 @@ class ActQuantizer(Quantizer):
     def extra_repr(self) -> str:
         kind = ("unsigned" if self.unsigned else "symmetric") if self.symmetric else "asymmetric"
         return f"bits={self.bits}, {kind}, range=[{float(self.x_min):.4g}, {float(self.x_max):.4g}]"
-
-
-def _floor_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.floor(x) - x).detach()
-
-
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
 
 
 class WeightQuantizer(Quantizer):
@@ -167,12 +165,14 @@ class WeightQuantizer(Quantizer):
         """The one code formula of the symmetric form (float codes; gradients pass when ``straight_through``)."""
         qmin, qmax = signed_range(self.bits, narrow=True)
         if self.rounding is None:
-            codes = _round_ste(scaled) if straight_through else torch.round(scaled)
+            codes = round_ste(scaled) if straight_through else torch.round(scaled)
         else:
-            codes = (_floor_ste(scaled) if straight_through else torch.floor(scaled)) + self.rounding.to(scaled.dtype)
+            codes = (floor_ste(scaled) if straight_through else torch.floor(scaled)) + self.rounding.to(scaled.dtype)
         return torch.clamp(codes, qmin, qmax)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.bypass:
+            return weight
         if self.export_as is not None:
             return self._export(weight)
         if self.symmetric:
@@ -248,6 +248,19 @@ def exporting(model: nn.Module, form: str | None = "qdq") -> Iterator[nn.Module]
     finally:
         for quantizer, value in zip(quantizers, previous):
             quantizer.export_as = value
+
+
+@contextlib.contextmanager
+def bypassed(model: nn.Module) -> Iterator[nn.Module]:
+    """Every quantizer in ``model`` passes values through: the float model with the same weights."""
+    quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
+    for quantizer in quantizers:
+        quantizer.bypass = True
+    try:
+        yield model
+    finally:
+        for quantizer in quantizers:
+            quantizer.bypass = False
 
 
 class QuantModule:
