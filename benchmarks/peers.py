@@ -29,7 +29,8 @@ process). Every tool starts from the same float graph, normalised only as far as
   calibration crop in its subset;
 * ``qfsdk``: no real face at all: ``qfsdk import``, 64 synthetic images made from the model itself
   (``auto`` inversion, made once per model: the first recipe's seconds include them), W8A8 PTQ with
-  percentile ranges and the recipe named (``ranges``, ``ranges+bias_correction``), the default
+  percentile ranges and the recipe named (``ranges``, ``ranges+bias_correction``,
+  ``equalize+ranges+bias_correction``), the default
   (TensorRT-ready) export. It needs no peer package: ``--tools qfsdk`` runs in the project's venv.
 
 A tool is a function ``(job, method) -> quantized ONNX path`` in ``TOOLS``, run in a process of its
@@ -175,7 +176,7 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
 
 Quantizer = Callable[[Job, str], Path]
 TOOLS: dict[str, tuple[Quantizer, tuple[str, ...]]] = {
-    "qfsdk": (quantize_qfsdk, ("ranges", "ranges+bias_correction")),
+    "qfsdk": (quantize_qfsdk, ("ranges", "ranges+bias_correction", "equalize+ranges+bias_correction")),
     "onnxruntime": (quantize_onnxruntime, ("minmax", "percentile")),
     "modelopt": (quantize_modelopt, ("max", "entropy")),
     "nncf": (quantize_nncf, ("performance", "mixed")),

@@ -243,3 +243,58 @@ def test_an_imported_graphs_residual_add_is_quantized_in_place():
     assert add.skip_quantizer is not None
     with torch.no_grad(), bypassed(quantized):
         torch.testing.assert_close(quantized(x), expected)  # the same function with the quantizers passing values
+
+
+class ChainNet(nn.Module):
+    """conv -> BatchNorm -> PReLU -> conv -> ReLU -> depthwise conv: two equalizable pairs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.PReLU(8)
+        self.conv2, self.act2 = nn.Conv2d(8, 8, 1), nn.ReLU()
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3(self.act2(self.conv2(self.act1(self.bn1(self.conv1(x))))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_equalization_keeps_the_float_function_and_evens_out_channel_ranges():
+    from qfsdk.quant.modules import bypassed
+
+    torch.manual_seed(0)
+    float_model = ChainNet().eval()
+    with torch.no_grad():  # channels whose ranges differ by orders of magnitude, as in folded MobileFaceNets
+        float_model.bn1.weight.copy_(torch.logspace(-2, 1, 8))
+        float_model.conv2.weight.mul_(torch.logspace(1, -2, 8).view(-1, 1, 1, 1))
+    describe(float_model, CONTRACT, "chain")
+    data = _data(16)
+    with torch.no_grad():
+        expected = float_model(data)
+
+    def channel_spread(model: nn.Module, layer: str) -> float:
+        seen = {}
+
+        def record(_module, _args, out):
+            seen["x"] = out.detach().abs().transpose(0, 1).flatten(1).amax(1)
+
+        hook = dict(model.named_modules())[layer].register_forward_hook(record)
+        with torch.no_grad(), bypassed(model):
+            model(data)
+        hook.remove()
+        ranges = seen["x"][seen["x"] > 0]  # a ReLU channel may be dead
+        return float(ranges.max() / ranges.min())
+
+    plain = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data)
+    equalized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data, algorithm=["equalize", "ranges"])
+    with torch.no_grad(), bypassed(equalized):
+        torch.testing.assert_close(equalized(data), expected, rtol=1e-4, atol=1e-5)  # the same float function
+    for layer in ("act1", "act2"):  # the inputs of conv2 and conv3, quantized per tensor
+        assert channel_spread(equalized, layer) < channel_spread(plain, layer) / 10
+
+    def min_cosine(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(nn.functional.cosine_similarity(model(data), expected).min())
+
+    assert min_cosine(equalized) > min_cosine(plain)

@@ -1,6 +1,7 @@
 """Quantization: fake-quant modules, PTQ calibration and QAT with distillation."""
 
-from . import bias_correction as _bias_correction  # noqa: F401  (registers the PTQ step)
+from . import bias_correction as _bias_correction  # noqa: F401  (registers the PTQ steps)
+from . import equalization as _equalization  # noqa: F401
 from .api import calibrate, quantize, set_range_tracking
 from .checkpoint import load, save_quantized
 from .config import PRESETS, LayerOverride, QuantConfig, preset

@@ -1,11 +1,13 @@
 """Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization"), a PTQ step.
 
 Quantized weights and inputs shift each layer's output mean; downstream layers see that shift as
-signal. Layer by layer in forward order, the step compares the per-channel output mean of the
-float model (one pass, quantizers bypassed) with that of the quantized model carrying every
-correction made so far, on the calibration images, and moves the difference into the layer's
-bias, or, for a conv without a bias, into the running mean of the BatchNorm that alone reads it
-(``(y + d - mean) / std`` is ``(y - (mean - d)) / std``). Run it after ``ranges``:
+signal. The step compares the per-channel output mean of every quantized conv/linear in the float
+model (one pass, quantizers bypassed) with the quantized model's on the calibration images, and
+moves the difference into the layer's bias, or, for a conv without a bias, into the running mean
+of the BatchNorm that alone reads it (``(y + d - mean) / std`` is ``(y - (mean - d)) / std``).
+Layers are corrected one at a time in forward order, each measured with every upstream correction
+in place (correcting all at once overshoots in deep nets); each measuring pass stops at its layer.
+Run it after ``ranges``:
 ``calibrate(model, data, algorithm=["ranges", "bias_correction"])``.
 """
 
@@ -24,6 +26,10 @@ from .graph import ModuleGraph, module_graph
 from .modules import bypassed
 
 log = logging.getLogger(__name__)
+
+
+class _Reached(Exception):
+    """Raised by the hook of the layer being measured: nothing after it needs computing."""
 
 
 class _ChannelMeans:
@@ -47,15 +53,27 @@ class _ChannelMeans:
             hook.remove()
 
 
-def _means(model: nn.Module, layers: Sequence[nn.Module], batches: list[torch.Tensor], device: torch.device) -> _ChannelMeans:
+def _means(model: nn.Module, layers: Sequence[nn.Module], batches: list[torch.Tensor], device: torch.device,
+           stop_at: nn.Module | None = None) -> _ChannelMeans:
+    """Per-channel output means of ``layers``; each forward ends at ``stop_at`` when given."""
     means = _ChannelMeans(layers)
+    stop = stop_at.register_forward_hook(lambda *_: _raise_reached()) if stop_at is not None else None
     try:
         with torch.no_grad():
             for batch in batches:
-                model(batch.to(device))
+                try:
+                    model(batch.to(device))
+                except _Reached:
+                    pass
     finally:
         means.close()
+        if stop is not None:
+            stop.remove()
     return means
+
+
+def _raise_reached() -> None:
+    raise _Reached
 
 
 def _target(modules: dict[str, nn.Module], name: str, layer: nn.Module, graph: ModuleGraph) -> tuple[torch.Tensor, int] | None:
@@ -74,12 +92,13 @@ def correct_biases(run: CalibrationRun, options: None) -> None:
     batches = list(run.batches)  # the same images for every layer (a lazy source would make new ones each pass)
     graph = module_graph(model, card_of(model).contract.input_size)
     modules = dict(model.named_modules())
-    names = {module: name for name, module in modules.items()}
-    targets = [(layer, target) for layer, _ in weight_quantizers(model) if (target := _target(modules, names[layer], layer, graph))]
+    quantized = {layer for layer, _ in weight_quantizers(model)}
+    in_order = [name for name in dict.fromkeys(graph.order) if modules[name] in quantized]
+    targets = [(modules[name], target) for name in in_order if (target := _target(modules, name, modules[name], graph))]
     with bypassed(model):
         reference = _means(model, [layer for layer, _ in targets], batches, device)
     for layer, (tensor, sign) in targets:
-        quantized = _means(model, [layer], batches, device).mean(layer)
-        tensor.add_(sign * (reference.mean(layer) - quantized).to(tensor.dtype))
+        shifted = _means(model, [layer], batches, device, stop_at=layer).mean(layer)
+        tensor.add_(sign * (reference.mean(layer) - shifted).to(tensor.dtype))
     run.images = max(run.images, sum(len(b) for b in batches))
     log.info("bias correction: %d of %d quantized layers", len(targets), len(list(weight_quantizers(model))))
