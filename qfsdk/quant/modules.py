@@ -32,6 +32,7 @@ from .fake_quant import (
     unsigned_range,
 )
 from .registry import quant_class, register_quant_module
+from .schemes import SCHEMES
 
 EXPORT_FORMS = ("qdq", "plugin")  # what a quantizer emits inside exporting(): Q/DQ pairs, or FakeQuantize below 8 bits
 
@@ -347,7 +348,7 @@ QuantReLU = quant_class(OutputQuantMixin, nn.ReLU)  # QuantFace wraps ReLU as it
 # the conv, which then ends in a Q/DQ pair that ONNX Runtime fuses into QLinearConv).
 QuantBatchNorm2d = quant_class(OutputQuantMixin, nn.BatchNorm2d)
 
-ALL_SCHEMES = ("tensorrt", "onnxruntime", "quantface")
+ALL_SCHEMES = tuple(SCHEMES)
 register_quant_module(nn.Conv2d, QuantConvMixin, ALL_SCHEMES)
 register_quant_module(nn.Linear, QuantLinearMixin, ALL_SCHEMES)
 register_quant_module(ResidualAdd, QuantAddMixin, ALL_SCHEMES)

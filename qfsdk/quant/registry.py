@@ -52,11 +52,6 @@ def rule_for(module: nn.Module, scheme: str) -> QuantRule | None:
     return min(candidates, key=lambda r: mro.index(r.float_type), default=None)
 
 
-def rules(scheme: str) -> list[QuantRule]:
-    """Every rule that ``scheme`` applies."""
-    return [r for r in _RULES if scheme in r.schemes]
-
-
 def quant_class(mixin: type, float_cls: type) -> type:
     """The converted class for ``float_cls`` (made once per pair, so converted models deep-copy and compare)."""
     key = (mixin, float_cls)
