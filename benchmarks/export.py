@@ -67,12 +67,7 @@ def measure(arch: str, presets: list[str], work: Path) -> dict:
         with torch.no_grad():
             vs_float = cosines(quantized(x).numpy(), model(x).numpy())
         result[preset] = {
-            "min_cosine_ort_vs_torch": round(float(parity.cosine.min()), 7),
-            "mean_cosine_ort_vs_torch": round(float(parity.cosine.mean()), 7),
-            "forced_min_cosine_ort_vs_torch": round(float(parity.forced_cosine.min()), 7),
-            "differing_codes": parity.differing_codes,
-            "activation_codes": parity.codes,
-            "max_tie_distance_of_differing_codes": parity.max_tie_distance,
+            **parity.details(),
             "min_cosine_vs_float_model": round(float(vs_float.min()), 5),
             "size_vs_fp32": round(path.stat().st_size / float_path.stat().st_size, 4),
             "check_violations": len(check_model(path)),

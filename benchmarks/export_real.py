@@ -25,7 +25,6 @@ there is the export itself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import sys
@@ -47,41 +46,12 @@ from qfsdk.calib.synth import synthesize  # noqa: E402
 from qfsdk.converters import export_quantized  # noqa: E402
 from qfsdk.converters.graph_check import check_model  # noqa: E402
 from qfsdk.converters.onnx_import import ImportOptions, import_onnx  # noqa: E402
-from qfsdk.converters.parity import export_parity  # noqa: E402
+from qfsdk.converters.parity import BIAS_QUANTIZATION, export_parity  # noqa: E402
 from qfsdk.models import create  # noqa: E402
 from real_models import REAL_MODELS, RealModel, arcface_crops  # noqa: E402
 
 METHOD = "percentile"  # `qfsdk calibrate`'s default range observer
 TARGET = "tensorrt"
-BIAS_QUANTIZATION = "WeightBiasQuantization"  # ONNX Runtime's graph transform that rounds Conv biases to int32
-
-
-@contextlib.contextmanager
-def sessions_without(optimizer: str):
-    """Every ``onnxruntime.InferenceSession`` made inside (export_parity's too) with ``optimizer`` disabled."""
-    original = ort.InferenceSession
-
-    def make(*args, **kwargs):
-        return original(*args, **{"disabled_optimizers": [optimizer], **kwargs})
-
-    ort.InferenceSession = make
-    try:
-        yield
-    finally:
-        ort.InferenceSession = original
-
-
-def parity_fields(parity) -> dict:
-    return {
-        "min_cosine_ort_vs_torch": round(float(parity.cosine.min()), 7),
-        "mean_cosine_ort_vs_torch": round(float(parity.cosine.mean()), 7),
-        "forced_min_cosine_ort_vs_torch": round(float(parity.forced_cosine.min()), 7),
-        "differing_codes": parity.differing_codes,
-        "activation_codes": parity.codes,
-        "max_tie_distance_of_differing_codes": parity.max_tie_distance,
-    }
-
-
 def measure(real: RealModel, presets: list[str], num_images: int, crops: np.ndarray, work: Path, synthetic_root: Path) -> dict:
     synthetic_root.mkdir(parents=True, exist_ok=True)  # the import sits beside its dataset, which names it
     options = ImportOptions(mean=(real.mean,) * 3, std=(real.std,) * 3)
@@ -112,13 +82,12 @@ def measure(real: RealModel, presets: list[str], num_images: int, crops: np.ndar
         path = export_quantized(quantized, work / f"{real.name}_{preset}.onnx", target=TARGET)
         export_seconds = time.time() - start
         parity = export_parity(quantized, path, x)
-        with sessions_without(BIAS_QUANTIZATION):
-            exact = export_parity(quantized, path, x)
+        exact = export_parity(quantized, path, x, disabled_optimizers=[BIAS_QUANTIZATION])
         with torch.no_grad():
             vs_float = cosines(quantized(x).numpy(), float_out)
         result[preset] = {
-            **parity_fields(parity),
-            "without_bias_quantization": parity_fields(exact),
+            **parity.details(),
+            "without_bias_quantization": exact.details(),
             "min_cosine_vs_float_model": round(float(vs_float.min()), 5),
             "check_violations": len(check_model(path)),
             "calibrate_seconds": round(calib_seconds, 1),

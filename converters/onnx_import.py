@@ -17,8 +17,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper, shape_inference, version_converter
+from onnx.external_data_helper import load_external_data_for_model
 
 from qfsdk.errors import QfsdkError
+from qfsdk.eval.metrics import cosine_similarities
 from qfsdk.runtime.align import TEMPLATES
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output
@@ -87,11 +89,15 @@ def _refuse(path: Path, why: str) -> QfsdkError:
     return QfsdkError(f"{path}: {why}; no file written")
 
 
-def _load(path: Path) -> onnx.ModelProto:
+def _load(path: Path) -> tuple[onnx.ModelProto, str]:
+    """The model and the sha256 of its file, read once."""
     if not path.is_file():
         raise _refuse(path, "no such file")
+    data = path.read_bytes()
     try:
-        return onnx.load(str(path))
+        proto = onnx.load_from_string(data)
+        load_external_data_for_model(proto, str(path.parent))  # weights stored beside the file, if any
+        return proto, hashlib.sha256(data).hexdigest()
     except Exception as exc:  # noqa: BLE001 -- onnx raises DecodeError, ValueError, OSError...
         raise _refuse(path, f"not an ONNX model ({type(exc).__name__}); pass the .onnx file of a face embedder") from None
 
@@ -230,11 +236,6 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-
-
 def _verify(source: onnx.ModelProto, imported: onnx.ModelProto, options: ImportOptions, output: str, path: Path) -> tuple[float, float]:
     """(max |diff|, min cosine) of the imported graph vs the source on random pixels normalised as the
     contract says, one image at a time; a batch must equal single runs and the PyTorch form the ONNX one."""
@@ -258,14 +259,14 @@ def _verify(source: onnx.ModelProto, imported: onnx.ModelProto, options: ImportO
     if got.shape != expected.shape:
         raise _refuse(path, f"a batch of {VERIFY_BATCH} gives outputs of shape {got.shape}, single runs {expected.shape}: "
                             "the graph mixes the batch axis (a hard-coded batch the import cannot rewrite)")
-    cosine = float(_cosines(got, expected).min())
+    cosine = float(cosine_similarities(got, expected).min())
     diff = float(np.abs(got - expected).max())
     if cosine < MIN_COSINE:
         raise _refuse(path, f"the normalised graph differs from the source (min cosine {cosine:.6f}, batch vs single runs)")
     module = to_torch(imported)
     with torch.no_grad():
         torch_out = module(torch.from_numpy(batch)).numpy()
-    if float(_cosines(torch_out, got).min()) < MIN_COSINE:
+    if float(cosine_similarities(torch_out, got).min()) < MIN_COSINE:
         raise _refuse(path, "its PyTorch form computes something else (an op converted wrongly): please report the model")
     return diff, cosine
 
@@ -288,7 +289,7 @@ def import_onnx(source: str | Path, output: str | Path, options: ImportOptions =
     path, output = Path(source), Path(output)
     if options.template not in IMPORT_TEMPLATES:
         raise QfsdkError(f"unknown template {options.template!r}; choose {', '.join(IMPORT_TEMPLATES)}")
-    original = _load(path)
+    original, source_sha256 = _load(path)
     source_opset = _opset(original)
     proto = onnx.ModelProto()
     proto.CopyFrom(original)
@@ -316,7 +317,7 @@ def import_onnx(source: str | Path, output: str | Path, options: ImportOptions =
     embedding_size = _session(proto).run(None, {proto.graph.input[0].name: np.zeros((1, 3, height, width), np.float32)})[0].shape[1]
     contract = _contract(options, (height, width), int(embedding_size))
     architecture = IMPORTED_PREFIX + path.stem
-    add_metadata(proto, contract, architecture, {"qfsdk.source_sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+    add_metadata(proto, contract, architecture, {"qfsdk.source_sha256": source_sha256})
     with atomic_output(output) as tmp:
         onnx.save(proto, str(tmp))
     return ImportReport(output, architecture, contract, source_opset, _opset(proto), rewritten, diff, cosine)

@@ -14,7 +14,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -23,7 +23,7 @@ import torch
 from onnx import helper
 from torch import nn
 
-from qfsdk.eval.metrics import l2_normalize
+from qfsdk.eval.metrics import cosine_similarities
 from qfsdk.quant.export_forms import ActForm
 from qfsdk.quant.modules import ActQuantizer
 
@@ -31,6 +31,8 @@ from qfsdk.quant.modules import ActQuantizer
 _OUTPUT_OPS = {"DequantizeLinear", "FakeQuantize"}
 _SUFFIX = re.compile(r"/[A-Za-z]+(_c\d+)?$")
 
+
+BIAS_QUANTIZATION = "WeightBiasQuantization"  # ONNX Runtime's transform rounding Conv biases to int32
 
 @dataclass(frozen=True)
 class ParityReport:
@@ -42,6 +44,17 @@ class ParityReport:
     codes: int
     max_tie_distance: float  # over differing codes: |frac(x / scale) - 0.5| in steps (0 = exactly on a tie)
 
+    def details(self) -> dict[str, float | int]:
+        """The fields the export benchmarks print (benchmarks/export.py, benchmarks/export_real.py)."""
+        return {
+            "min_cosine_ort_vs_torch": round(float(self.cosine.min()), 7),
+            "mean_cosine_ort_vs_torch": round(float(self.cosine.mean()), 7),
+            "forced_min_cosine_ort_vs_torch": round(float(self.forced_cosine.min()), 7),
+            "differing_codes": self.differing_codes,
+            "activation_codes": self.codes,
+            "max_tie_distance_of_differing_codes": self.max_tie_distance,
+        }
+
     def summary(self) -> dict[str, float | int]:
         return {
             "min_cosine": round(float(self.cosine.min()), 7),
@@ -50,10 +63,6 @@ class ParityReport:
             "codes": self.codes,
             "max_tie_distance": float(self.max_tie_distance),
         }
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
 
 
 def module_name(node_name: str) -> str:
@@ -99,12 +108,17 @@ def _share_merged_outputs(tensors: dict[str, str], inputs_seen: dict[str, tuple[
             tensors[name] = by_key[key]
 
 
-def export_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor) -> ParityReport:
-    """Compare ``model`` (calibrated, quantized) with its export at ``onnx_path`` on ``inputs``."""
+def export_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor, *,
+                  disabled_optimizers: Sequence[str] = ()) -> ParityReport:
+    """Compare ``model`` (calibrated, quantized) with its export at ``onnx_path`` on ``inputs``.
+
+    ``disabled_optimizers``: ONNX Runtime graph transforms the plain (deployed-file) session runs without.
+    """
     quantizers = {name: m for name, m in model.named_modules() if isinstance(m, ActQuantizer)}
     proto = onnx.load(str(onnx_path))
     tensors = _quantizer_outputs(proto, set(quantizers))
-    plain_session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    plain_session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"],
+                                         disabled_optimizers=list(disabled_optimizers))
     x = inputs.detach().float()
     plain = plain_session.run(None, {plain_session.get_inputs()[0].name: x.numpy()})[0]
 
@@ -117,7 +131,7 @@ def export_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor)
     for tensor in tensors.values():
         proto.graph.output.append(helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=["WeightBiasQuantization"])
+                                   disabled_optimizers=[BIAS_QUANTIZATION])
     names = [o.name for o in session.get_outputs()]
     results = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x.numpy()})))
 
@@ -158,8 +172,8 @@ def export_parity(model: nn.Module, onnx_path: str | Path, inputs: torch.Tensor)
     finally:
         model.train(was_training)
     return ParityReport(
-        cosine=_cosines(torch_out, plain),
-        forced_cosine=_cosines(forced_out, results[final]),
+        cosine=cosine_similarities(torch_out, plain),
+        forced_cosine=cosine_similarities(forced_out, results[final]),
         differing_codes=counts["differing"],
         codes=counts["codes"],
         max_tie_distance=counts["tie"],

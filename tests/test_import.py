@@ -10,7 +10,6 @@ fidelity of a real calibration is the benchmark's job.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -21,26 +20,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from qfsdk.cli import main
-from real_models import REAL_MODELS, arcface_crops  # pytest puts tests/ on sys.path
+from import_support import CONTRACTS, contract_of, cosines, ok, run_cli  # pytest puts tests/ on sys.path
+from real_models import REAL_MODELS, arcface_crops
 
 QFSDK = [sys.executable, "-m", "qfsdk"]
-CONTRACTS = {"sface": ("0", "1"), "fr_feature": ("127", "128")}  # (--mean, --std) of each real model
 EXACT = 0.99999  # float import vs source, PyTorch form vs ONNX Runtime
 PIPELINE_SANITY = 0.9  # W8A8 from 4 synthetic images vs float: loose on purpose
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -51,17 +39,6 @@ def session(path: Path) -> ort.InferenceSession:
 
 def run_session(sess: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: batch})[0]
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-def contract_of(path: Path) -> dict:
-    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return json.loads(metadata["qfsdk.contract"])
 
 
 # ---------------------------------------------------------------------------------------------- fixtures

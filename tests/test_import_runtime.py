@@ -14,48 +14,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from qfsdk.cli import main
-from real_models import REAL_MODELS, arcface_crops  # pytest puts tests/ on sys.path
-
-REPO = Path(__file__).resolve().parents[1]
-NATIVE = REPO / "runtime" / "native"
-sys.path.insert(0, str(NATIVE / "python"))
-
-from qfsdk_native import Library  # noqa: E402
+from import_support import CONTRACTS, contract_of, cosines, ok, run_cli  # pytest puts tests/ on sys.path
+from real_models import REAL_MODELS, arcface_crops
 
 MIN_COSINE = 0.9999  # same file, same backend (or the C ABI's OpenVINO vs Python's): only float summation order differs
-CONTRACTS = {"sface": ("0", "1"), "fr_feature": ("127", "128")}  # (--mean, --std) of each real model
 RAY_SHARD_SIZE = 8  # the 20 crops make 3 shards, the last one short
-
-
-def run_cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return result.output
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-def contract_of(path: Path) -> dict:
-    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return json.loads(metadata["qfsdk.contract"])
 
 
 def python_embeddings(path: Path, crops: np.ndarray, backend: str, **options) -> np.ndarray:
@@ -107,29 +76,6 @@ def exported(request, tmp_path_factory) -> dict[str, Path]:
     ok(run_cli("convert", checkpoint, "-o", quantized))  # default target: tensorrt
     assert contract_of(quantized) == contract_of(imported)
     return {"model": model, "float": imported, "w8a8": quantized}
-
-
-@pytest.fixture(scope="module")
-def native_build(tmp_path_factory) -> Path:
-    """libqfsdk.so built once for this module (Release, -j2), as tests/test_native.py builds it."""
-    if not shutil.which("cmake") or not (shutil.which("c++") or shutil.which("g++")) or not shutil.which("cc"):
-        pytest.skip("needs cmake and a C/C++ compiler")
-    openvino = pytest.importorskip("openvino")
-    cmake_dir = Path(openvino.__file__).parent / "cmake"
-    if not (cmake_dir / "OpenVINOConfig.cmake").is_file() or not (cmake_dir.parent / "include" / "openvino").is_dir():
-        pytest.skip(f"the openvino package at {cmake_dir.parent} has no C++ headers or CMake config")
-    build = tmp_path_factory.mktemp("native-build")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    for command in (["cmake", "-S", str(NATIVE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DOpenVINO_DIR={cmake_dir}"], ["cmake", "--build", str(build), "-j", "2"]):  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return build
-
-
-@pytest.fixture(scope="module")
-def lib(native_build) -> Library:
-    return Library(native_build / "libqfsdk.so")
 
 
 @pytest.fixture(scope="module")

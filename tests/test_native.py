@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 NATIVE = REPO / "runtime" / "native"
 sys.path.insert(0, str(NATIVE / "python"))
 
-from qfsdk_native import Library, NativeError  # noqa: E402
+from qfsdk_native import NativeError  # noqa: E402
 
 MIN_COSINE = 0.9999
 TINY_SIZE = (16, 20)  # height, width: not square, so swapped axes show
@@ -77,29 +77,6 @@ def write_ppm(path: Path, rgb: np.ndarray) -> Path:
 
 def random_crops(n: int, size=TINY_SIZE, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, *size, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="session")
-def native_build(tmp_path_factory) -> Path:
-    """libqfsdk.so and examples/embed built once per session (Release, -j2)."""
-    if not shutil.which("cmake") or not (shutil.which("c++") or shutil.which("g++")) or not shutil.which("cc"):
-        pytest.skip("needs cmake and a C/C++ compiler")
-    openvino = pytest.importorskip("openvino")
-    cmake_dir = Path(openvino.__file__).parent / "cmake"
-    if not (cmake_dir / "OpenVINOConfig.cmake").is_file() or not (cmake_dir.parent / "include" / "openvino").is_dir():
-        pytest.skip(f"the openvino package at {cmake_dir.parent} has no C++ headers or CMake config")
-    build = tmp_path_factory.mktemp("native-build")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    for command in (["cmake", "-S", str(NATIVE), "-B", str(build), *generator, "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DOpenVINO_DIR={cmake_dir}"], ["cmake", "--build", str(build), "-j", "2"]):  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return build
-
-
-@pytest.fixture(scope="session")
-def lib(native_build) -> Library:
-    return Library(native_build / "libqfsdk.so")
 
 
 @pytest.fixture(scope="session")

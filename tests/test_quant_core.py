@@ -298,3 +298,13 @@ def test_equalization_keeps_the_float_function_and_evens_out_channel_ranges():
             return float(nn.functional.cosine_similarity(model(data), expected).min())
 
     assert min_cosine(equalized) > min_cosine(plain)
+
+
+@pytest.mark.parametrize("module", ["qfsdk.quant.config", "qfsdk.quant.modules", "qfsdk.models", "qfsdk.models.dlib_resnet"])
+def test_quantization_and_models_import_in_any_order(module):
+    """dlib registers its quant layers while it loads: no import order may hit a half-loaded module."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

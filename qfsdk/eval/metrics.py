@@ -26,6 +26,12 @@ def l2_normalize(embeddings: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return embeddings / np.maximum(norms, eps)
 
 
+def cosine_similarities(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, ...) arrays (each row flattened)."""
+    a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
+    return np.sum(l2_normalize(a) * l2_normalize(b), axis=1)
+
+
 def flip_sum(embeddings: np.ndarray, flipped: np.ndarray) -> np.ndarray:
     """The protocol's embedding: ``emb(image) + emb(flipped image)``, L2-normalised."""
     return l2_normalize(np.asarray(embeddings, np.float64) + np.asarray(flipped, np.float64))

@@ -8,11 +8,11 @@ checkpoint stores the ONNX bytes, so it still loads when the file is moved or de
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
 from torch import nn
 
 from qfsdk.errors import CheckpointError, QfsdkError
@@ -22,6 +22,9 @@ from qfsdk.runtime.metadata import ARCHITECTURE_KEY, CONTRACT_KEY
 from .card import ModelCard, attach_card
 from .registry import ModelSpec, register_resolver
 
+if TYPE_CHECKING:
+    import onnx
+
 QUANT_CONFIG_KEY = "qfsdk.quant_config"
 
 
@@ -30,6 +33,8 @@ def _metadata(proto: onnx.ModelProto) -> dict[str, str]:
 
 
 def _parse(data: bytes, path: Path) -> onnx.ModelProto:
+    import onnx
+
     try:
         proto = onnx.load_from_string(data)
     except Exception as exc:  # noqa: BLE001 -- protobuf decode errors have no common base
@@ -66,7 +71,7 @@ def from_bytes(data: bytes, spec: dict[str, Any]) -> nn.Module:
     """The float model of a checkpoint's stored ONNX bytes (checked against the recorded sha256)."""
     if hashlib.sha256(data).hexdigest() != spec.get("sha256"):
         raise CheckpointError("the imported ONNX stored in the checkpoint does not match its recorded sha256: the file is damaged")
-    proto = onnx.load_from_string(data)
+    proto = _parse(data, Path(spec.get("path", "checkpoint")))
     contract, name = _contract_and_name(proto, spec.get("path", "checkpoint"))
     return _build(proto, contract, name, spec, weights=f"imported ONNX (sha256 {spec['sha256'][:12]})")
 
@@ -88,6 +93,14 @@ def imported_spec(name: str) -> ModelSpec | None:
     path = Path(name)
     if path.suffix.lower() != ".onnx" or not path.is_file():
         return None
+    stat = path.stat()
+    return _spec(name, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _spec(name: str, mtime_ns: int, size: int) -> ModelSpec:
+    """The spec of an imported file, read and parsed once per version of it (a command asks several times)."""
+    path = Path(name)
     data = path.read_bytes()
     proto = _parse(data, path)
     contract, architecture = _contract_and_name(proto, str(path))

@@ -1,5 +1,7 @@
 """Quantization: fake-quant modules, PTQ calibration and QAT with distillation."""
 
+import qfsdk.models as _models  # noqa: F401  (first: model families register their quant layers as they load)
+
 from . import bias_correction as _bias_correction  # noqa: F401  (registers the PTQ steps)
 from . import equalization as _equalization  # noqa: F401
 from .api import calibrate, quantize, set_range_tracking

@@ -16,7 +16,7 @@ Weight quantizers export exactly the codes a step leaves (see :class:`~qfsdk.qua
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CalibrationRun:
-    """What a PTQ step works with; ``images``: how many images one pass over ``batches`` held."""
+    """What a PTQ step works with; ``images``: how many images one pass over ``batches`` held.
+
+    ``keep_batches``: the first pass keeps the batches it reads, so later steps see the same images
+    and a lazy source (synthetic images made on the fly) is not asked to make them again.
+    """
 
     model: nn.Module
     config: Any  # QuantConfig
@@ -41,21 +45,36 @@ class CalibrationRun:
     method: str
     progress: bool = False
     images: int = 0
+    keep_batches: bool = False
+    _kept: list[torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def batch_list(self) -> list[torch.Tensor]:
+        """Every batch, read once (the same tensors on every call)."""
+        if self._kept is None:
+            self._kept = [batch.detach() for batch in self.batches]
+            self.images = max(self.images, sum(len(b) for b in self._kept))
+        return self._kept
 
     def forward_all(self, desc: str) -> int:
         """One no-grad pass of every batch through the model; the number of images it held.
 
         The source may synthesise its images lazily (which needs gradients): only the forward is no_grad.
         """
+        source = self._kept if self._kept is not None else self.batches
+        kept: list[torch.Tensor] = []
         count = 0
-        for batch in tqdm(self.batches, desc=desc, disable=not self.progress, total=len(self.batches)):
+        for batch in tqdm(source, desc=desc, disable=not self.progress, total=len(source)):
             with torch.no_grad():
                 self.model(batch.to(self.device))
             count += len(batch)
+            if self.keep_batches and self._kept is None:
+                kept.append(batch.detach())
+        if self.keep_batches and self._kept is None:
+            self._kept = kept
         self.images = max(self.images, count)
         return count
 

@@ -13,7 +13,7 @@ from qfsdk.models.card import ModelCard, attach_card, card_of
 
 from .algorithms import DEFAULT_RECIPE, CalibrationRun, act_quantizers, resolve_recipe
 from .config import QuantConfig, resolve_config
-from .graph import module_graph, modularize_residual_adds
+from .graph import modularize_residual_adds, traced_graph
 from .modules import QuantModule, convert
 from .registry import QuantRule, rule_for
 from .schemes import get_scheme
@@ -27,18 +27,10 @@ def _layer_rules(model: nn.Module, scheme: str) -> list[tuple[str, nn.Module, Qu
     """(name, module, rule) of every layer ``scheme`` converts; after-conv-only rules need a traced pass."""
     layers = [(name, module, rule) for name, module in model.named_modules() if (rule := rule_for(module, scheme))]
     if any(rule.after_conv_only for *_, rule in layers):
-        graph = module_graph(model, _contract_for_tracing(model, scheme).input_size)
+        graph = traced_graph(model, f"scheme {scheme!r}")
         convs = {name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
         layers = [(n, m, r) for n, m, r in layers if not r.after_conv_only or convs & set(graph.producers.get(n, ()))]
     return layers
-
-
-def _contract_for_tracing(model: nn.Module, scheme: str):
-    card = card_of(model, required=False)
-    if card is None or card.contract is None:
-        raise ConfigError(f"scheme {scheme!r} traces {type(model).__name__} on its contract's input size, and it has "
-                          "no contract: describe it first with qfsdk.models.describe(model, FaceContract(...))")
-    return card.contract
 
 
 def quantizable_layers(model: nn.Module, scheme: str) -> list[tuple[str, nn.Module]]:
@@ -117,7 +109,8 @@ def calibrate(
     steps = resolve_recipe(algorithm)
     card = card_of(model)
     method = method or config.observer
-    run = CalibrationRun(model, config, as_batches(data, card.contract, batch_size), method, progress)
+    run = CalibrationRun(model, config, as_batches(data, card.contract, batch_size), method, progress,
+                         keep_batches=len(steps) > 1)
     was_training = model.training
     model.eval()
     try:

@@ -19,10 +19,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from qfsdk.models.card import card_of
 
 from .algorithms import CalibrationRun, register_algorithm, weight_quantizers
-from .graph import ModuleGraph, module_graph
+from .graph import ModuleGraph, traced_graph
 from .modules import bypassed
 
 log = logging.getLogger(__name__)
@@ -89,8 +88,8 @@ def _target(modules: dict[str, nn.Module], name: str, layer: nn.Module, graph: M
 @register_algorithm("bias_correction", "match every quantized conv/linear's per-channel output mean to the float model's")
 def correct_biases(run: CalibrationRun, options: None) -> None:
     model, device = run.model, run.device
-    batches = list(run.batches)  # the same images for every layer (a lazy source would make new ones each pass)
-    graph = module_graph(model, card_of(model).contract.input_size)
+    batches = run.batch_list()  # the same images for every layer
+    graph = traced_graph(model, "bias_correction")
     modules = dict(model.named_modules())
     quantized = {layer for layer, _ in weight_quantizers(model)}
     in_order = [name for name in dict.fromkeys(graph.order) if modules[name] in quantized]
@@ -100,5 +99,4 @@ def correct_biases(run: CalibrationRun, options: None) -> None:
     for layer, (tensor, sign) in targets:
         shifted = _means(model, [layer], batches, device, stop_at=layer).mean(layer)
         tensor.add_(sign * (reference.mean(layer) - shifted).to(tensor.dtype))
-    run.images = max(run.images, sum(len(b) for b in batches))
     log.info("bias correction: %d of %d quantized layers", len(targets), len(list(weight_quantizers(model))))

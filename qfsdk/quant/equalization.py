@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from qfsdk.errors import ConfigError
-from qfsdk.models.card import card_of
 
 from .algorithms import CalibrationRun, register_algorithm
-from .graph import ModuleGraph, module_graph
+from .graph import ModuleGraph, traced_graph
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +155,11 @@ def equalize(run: CalibrationRun, options: EqualizationOptions | None) -> None:
 
     options = options or EqualizationOptions()
     model, device = run.model, run.device
-    pairs = _pairs(model, module_graph(model, card_of(model).contract.input_size))
+    pairs = _pairs(model, traced_graph(model, "equalize"))
     if not pairs:
         log.info("equalize: no conv -> activation -> conv pairs")
         return
-    batches = list(run.batches)
+    batches = run.batch_list()
     saved = _snapshot(pairs)
     with bypassed(model), torch.no_grad():
         before = [model(b.to(device)) for b in batches[:1]]
@@ -177,5 +176,4 @@ def equalize(run: CalibrationRun, options: EqualizationOptions | None) -> None:
         _restore(pairs, saved)
         log.warning("equalize changed the float model's output (cosine %.6f): undone", cosine)
         return
-    run.images = max(run.images, sum(len(b) for b in batches))
     log.info("equalize: %d layer pairs (%s), float output kept (cosine %.7f)", len(pairs), options.by, cosine)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import fx, nn
 
-from qfsdk.models.card import CardedGraphModule
+from qfsdk.errors import ConfigError
+from qfsdk.models.card import CardedGraphModule, card_of
 from qfsdk.models.layers import ResidualAdd
 
 from .modules import Quantizer
@@ -80,6 +81,16 @@ def module_graph(model: nn.Module, input_size: tuple[int, int], channels: int = 
 def _is_leaf(module: nn.Module) -> bool:
     """A module without submodules other than quantizers (a converted conv is still one layer)."""
     return not isinstance(module, Quantizer) and all(isinstance(child, Quantizer) for child in module.children())
+
+
+def traced_graph(model: nn.Module, why: str) -> ModuleGraph:
+    """:func:`module_graph` on the input size of the model's contract; ``why`` names what needs it
+    in the error for a model without one."""
+    card = card_of(model, required=False)
+    if card is None or card.contract is None:
+        raise ConfigError(f"{why} traces {type(model).__name__} on its contract's input size, and it has "
+                          "no contract: describe it first with qfsdk.models.describe(model, FaceContract(...))")
+    return module_graph(model, card.contract.input_size)
 
 
 class _LeafTracer(fx.Tracer):
