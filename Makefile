@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch; override (e.g. TORCH=torch) to let pip choose.
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,dlib,openvino,ray
+EXTRAS ?= quantize,dev,dlib,openvino,ray
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qfsdk-installed
 

@@ -25,6 +25,7 @@ from qfsdk._version import __version__
 from qfsdk.calib.folder import ImageFolderSource
 from qfsdk.calib.inversion import AUTO, InversionSettings, batch_seeds, invert_batch, resolve_method
 from qfsdk.errors import QfsdkError
+from qfsdk.progress import progress_bar
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output, sha256_file
 from qfsdk.runtime.manifest import describe_changes, read_manifest, write_manifest
@@ -199,7 +200,7 @@ def synthesize(
     directory.mkdir(parents=True, exist_ok=True)
     _write_manifest(directory, record, first, batches)
     steps = inversion.iterations
-    with tqdm(total=batches * steps, initial=first * steps, disable=not progress, unit="step",
+    with progress_bar(total=batches * steps, initial=first * steps, disable=not progress, unit="step",
               desc=f"{model_name} {resolved}") as bar:  # fmt: skip
         batch_iter = _generate(model, model.contract, resolved, n, seed, batch_size, inversion, first, bar)
         for index, images in enumerate(batch_iter, start=first):
@@ -244,7 +245,7 @@ class SyntheticSource:
         yield from (self._to_input(images) for images in self._cache)
         if len(self._cache) == len(self):
             return
-        with tqdm(total=(len(self) - len(self._cache)) * self.settings.iterations, disable=not self.progress,
+        with progress_bar(total=(len(self) - len(self._cache)) * self.settings.iterations, disable=not self.progress,
                   unit="step", desc=f"synthesising ({self.method})") as bar:  # fmt: skip
             args = (self.model, self.contract, self.method, self.count, self.seed, self.batch_size, self.settings)
             for images in _generate(*args, len(self._cache), bar):

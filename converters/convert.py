@@ -95,22 +95,22 @@ class ConversionReport:
 # ---- input readers: (name, recognises(input, options), read(input, options)) --------------------------------------
 
 
-def _is_qfsdk_checkpoint(text: str, options: ConvertOptions) -> bool:
-    from qfsdk.errors import CheckpointError
-    from qfsdk.quant.checkpoint import read_metadata
+def _kind(text: str) -> str:
+    """The content kind of the file ``text`` (see :mod:`qfsdk.file_kinds`), or "" when it is no file."""
+    from qfsdk.file_kinds import identify
 
-    if Path(text).suffix != ".safetensors" or not Path(text).is_file():
-        return False
-    try:
-        read_metadata(text)
-    except CheckpointError:
-        return False
-    return True
+    return identify(text).name if Path(text).is_file() else ""
+
+
+def _is_qfsdk_checkpoint(text: str, options: ConvertOptions) -> bool:
+    return _kind(text) == "quantized"
 
 
 def _read_qfsdk_checkpoint(text: str, options: ConvertOptions) -> Source:
     import qfsdk
+    from qfsdk.file_kinds import require_quantized_checkpoint
 
+    require_quantized_checkpoint(text)
     model = qfsdk.load(text)
     card = card_of(model)
     return Source(model, card.architecture, card.contract, "qfsdk quantized checkpoint", True, text)
@@ -121,24 +121,29 @@ def _is_float(text: str, options: ConvertOptions) -> bool:
 
 
 def _read_float(text: str, options: ConvertOptions) -> Source:
+    from qfsdk.file_kinds import WEIGHTS_KINDS, require
     from qfsdk.models import create, get_spec, names
 
     if not Path(text).exists() and text in names():
         model = create(text)
         return Source(model, text, model.contract, "zoo model", False, f"zoo model {text}")
-    if Path(text).suffix.lower() == ".onnx" and Path(text).is_file():
-        spec = get_spec(text)  # an imported face model
-        return Source(create(text), spec.name, spec.contract, "imported model", False, text)
     if not Path(text).is_file():
         raise QfsdkError(f"{text}: neither a file nor a zoo model name (see `qfsdk models`)")
+    if _kind(text) == "onnx":
+        spec = get_spec(text)  # an imported face model
+        return Source(create(text), spec.name, spec.contract, "imported model", False, text)
     if options.model_name is None:
+        require(text, ["onnx", *WEIGHTS_KINDS], "a float model",
+                "--fp32/--fp16 take a zoo name, an ONNX model written by `qfsdk import` or a float checkpoint with --model NAME")
         raise QfsdkError(f"{text}: a float checkpoint needs --model NAME to say its architecture (see `qfsdk models`)")
     model = create(options.model_name, weights=text)
     return Source(model, options.model_name, model.contract, "float checkpoint", False, text)
 
 
-def _is_file(text: str, options: ConvertOptions) -> bool:
-    return Path(text).is_file()
+def _is_quantface(text: str, options: ConvertOptions) -> bool:
+    from qfsdk.file_kinds import TORCH_KINDS
+
+    return _kind(text) in TORCH_KINDS
 
 
 def _read_quantface(text: str, options: ConvertOptions) -> Source:
@@ -152,11 +157,14 @@ def _read_quantface(text: str, options: ConvertOptions) -> Source:
 INPUT_READERS: list[tuple[str, Callable[[str, ConvertOptions], bool], Callable[[str, ConvertOptions], Source]]] = [
     ("float", _is_float, _read_float),
     ("qfsdk", _is_qfsdk_checkpoint, _read_qfsdk_checkpoint),
-    ("quantface", _is_file, _read_quantface),
+    ("quantface", _is_quantface, _read_quantface),
 ]
 
 
 def read_input(text: str, options: ConvertOptions) -> Source:
+    """The model ``text`` names, read by the first reader that recognises its content."""
+    from qfsdk.file_kinds import identify
+
     for _, recognises, read in INPUT_READERS:
         if recognises(text, options):
             return read(text, options)
@@ -164,7 +172,14 @@ def read_input(text: str, options: ConvertOptions) -> Source:
 
     if text in names():
         raise QfsdkError(f"{text} is a float zoo model: add --fp32 (or --fp16) for a float export, or quantize it first with `qfsdk calibrate`")
-    raise QfsdkError(f"{text}: no such file")
+    kind = identify(text)
+    if kind.name == "missing":
+        raise QfsdkError(f"{text}: no such file or zoo model name (see `qfsdk models`)")
+    if kind.name in ("safetensors", "onnx"):
+        raise QfsdkError(f"{text} is {kind.description}, not a quantized checkpoint: for a float export add --fp32 "
+                         "(with --model NAME for a weights file), or quantize it first with `qfsdk calibrate`")
+    raise QfsdkError(f"{text} is {kind.description}, not a checkpoint: convert reads a qfsdk quantized checkpoint "
+                     "(`qfsdk calibrate`/`qat`), a QuantFace checkpoint, or with --fp32/--fp16 a float model")
 
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
@@ -273,6 +288,18 @@ def check_options(source: Source, options: ConvertOptions) -> None:
                          "graphs get qfsdk's own exact clean-up already")
 
 
+def calibration_line(model: nn.Module) -> str | None:
+    """How the checkpoint was calibrated (observer, images, PTQ recipe), when its card says."""
+    from qfsdk.quant.algorithms import DEFAULT_RECIPE, recipe_text
+
+    card = card_of(model, required=False)
+    calibration = (card.calibration if card is not None else None) or {}
+    if "method" not in calibration:
+        return None
+    recipe = recipe_text(calibration.get("algorithm") or DEFAULT_RECIPE)
+    return f"{calibration['method']} ranges on {calibration.get('images', '?')} images, PTQ recipe {recipe}"
+
+
 def placement_note(source: Source, target: Target) -> str | None:
     """What the target loses on a model whose placement is made for another target, if anything."""
     return target.placement_note if default_target(source.model) != target.name else None
@@ -305,6 +332,9 @@ def write_quantized(source: Source, target: Target, path: Path, options: Convert
                     reference: np.ndarray, report: ConversionReport) -> None:
     """Export the quantized source as a Q/DQ graph for ``target`` to ``path`` and measure it."""
     deployable = deployable_model(source, target, options, report)
+    calibration = calibration_line(source.model)
+    if calibration is not None:
+        report.lines.append("calibration:  " + calibration)
     note = placement_note(source, target)
     if note is not None:
         report.lines.append("note:         " + note)

@@ -111,7 +111,7 @@ def collect() -> list[Check]:
     """Run every probe."""
     return [
         Check("python", True, platform.python_version(), platform.platform()),
-        _package("torch", "torch", "pip install torch"),
+        _package("torch", "torch", "pip install 'qfsdk[quantize]' (calibrate, qat, convert, synth, import)"),
         _package("onnx", "onnx", "pip install onnx"),
         _package("onnxruntime", "onnxruntime", "pip install onnxruntime (onnxruntime-gpu for CUDA/TensorRT EPs)", _ort_providers),
         _package("openvino", "openvino", "pip install 'qfsdk[openvino]'", _openvino_devices),

@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .errors import LandmarkError
+
 Points = Sequence[Sequence[float]] | np.ndarray
 
 # Five-point templates by name, (x, y) in their model input's pixels. "arcface": insightface's
@@ -42,6 +44,50 @@ TEMPLATES: dict[str, tuple[tuple[float, float], ...]] = {
     "dlib": ((110.4078, 45.8888), (89.0862, 47.4336), (36.6092, 45.9117), (57.9311, 47.4433), (73.5126, 87.2624)),
 }
 
+# The templates of TEMPLATES whose points are not a detector's (eye centres, nose tip, mouth
+# corners, in ArcFace's order: qfsdk.runtime.detect.LANDMARKS), re-expressed in the detector's
+# points, by the name of the template they stand for. "dlib": where YuNet's points land on dlib's
+# own 150x150 chips, mean over the 19 registry faces both find (tests/derive_dlib_yunet_template.py).
+DETECTOR_TEMPLATES: dict[str, tuple[tuple[float, float], ...]] = {
+    "dlib": ((47.8407, 42.9802), (100.5669, 44.0908), (69.9749, 76.4420), (50.8267, 102.3241), (96.5580, 103.6683)),
+}
+
+
+# Landmarks whose spread across their principal axis is below this fraction of the spread along it
+# lie on a line (a real face, even turned in profile, is far from it): no face can be aligned.
+MIN_LANDMARK_FLATNESS = 1e-2
+
+
+def check_landmarks(landmarks: Points, image_shape: Sequence[int] | None = None) -> np.ndarray:
+    """``landmarks`` as (5, 2) float64 if they can align a face (in an image of ``image_shape`` (H, W, ...)).
+
+    Raises :class:`LandmarkError` when a coordinate is not finite, the points are all at one spot
+    or on one line, or (with ``image_shape``) a point lies outside the image, beyond its border
+    pixels' edges: such a face would be embedded as a mostly black crop.
+    """
+    points = np.asarray(landmarks, np.float64)
+    if points.shape != (5, 2):
+        raise LandmarkError(f"expected 5 landmarks (x, y), got shape {points.shape}")
+    if not np.isfinite(points).all():
+        raise LandmarkError(f"landmarks hold NaN or infinite values: {points.tolist()}")
+    if image_shape is not None:
+        _check_inside(points, image_shape[0], image_shape[1])
+    spread = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+    if spread[0] <= 1e-9 * max(1.0, float(np.abs(points).max())):
+        raise LandmarkError(f"landmarks are all at one point ({points[0, 0]:g}, {points[0, 1]:g}): cannot align")
+    if spread[1] < MIN_LANDMARK_FLATNESS * spread[0]:
+        raise LandmarkError("landmarks lie on one line (no face has that shape): cannot align")
+    return points
+
+
+def _check_inside(points: np.ndarray, height: int, width: int) -> None:
+    """LandmarkError unless every point lies on the image (pixel centres at integers)."""
+    outside = [i for i, (x, y) in enumerate(points) if not (-0.5 <= x <= width - 0.5 and -0.5 <= y <= height - 0.5)]
+    if outside:
+        x, y = points[outside[0]]
+        raise LandmarkError(f"landmark {outside[0]} at ({x:g}, {y:g}) lies outside the {width}x{height} image"
+                            f"{f' (and {len(outside) - 1} more)' if len(outside) > 1 else ''}")
+
 
 def fit_similarity(source: Points, target: Points) -> tuple[np.ndarray, np.ndarray]:
     """Least-squares similarity ``(A, c)`` with ``target ~= source @ A.T + c`` (float64, no reflection)."""
@@ -50,12 +96,12 @@ def fit_similarity(source: Points, target: Points) -> tuple[np.ndarray, np.ndarr
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2:
         raise ValueError(f"expected two matching (K, 2) point sets, got {src.shape} and {dst.shape}")
     if not (np.isfinite(src).all() and np.isfinite(dst).all()):
-        raise ValueError("landmarks must be finite numbers")
+        raise LandmarkError("landmarks must be finite numbers")
     p, q = src.mean(axis=0), dst.mean(axis=0)
     P, Q = src - p, dst - q
     n = float((P**2).sum())
     if n == 0.0:
-        raise ValueError("landmarks are all at one point: cannot align")
+        raise LandmarkError("landmarks are all at one point: cannot align")
     a = float((P[:, 0] * Q[:, 0] + P[:, 1] * Q[:, 1]).sum()) / n
     b = float((P[:, 0] * Q[:, 1] - P[:, 1] * Q[:, 0]).sum()) / n
     A = np.array([[a, -b], [b, a]])
@@ -105,8 +151,12 @@ def _sample(image: np.ndarray, M: np.ndarray, t: np.ndarray, size: tuple[int, in
 def warp_face(
     image: np.ndarray, landmarks: Points, template: Points, size: tuple[int, int], fit: str = "landmarks_to_template"
 ) -> np.ndarray:
-    """Align one uint8 RGB image (H, W, 3) to ``template``; returns a uint8 (size[0], size[1], 3) crop."""
-    M, t = output_to_image(landmarks, template, fit)
+    """Align one uint8 RGB image (H, W, 3) to ``template``; returns a uint8 (size[0], size[1], 3) crop.
+
+    Non-finite or degenerate landmarks raise :class:`LandmarkError`; points outside the image are
+    warped as given (constant-0 border): :class:`~qfsdk.runtime.Embedder` refuses those first.
+    """
+    M, t = output_to_image(check_landmarks(landmarks), template, fit)
     pixels = image.astype(np.float32)
     while np.sqrt(abs(np.linalg.det(M))) >= 2 and min(pixels.shape[:2]) >= 2:
         pixels = _halve(pixels)

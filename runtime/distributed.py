@@ -5,7 +5,10 @@ files: shard ``i`` holds files ``[i * shard_size, (i + 1) * shard_size)``. Ray D
 shard that is not yet written to a pool of actors that each hold one :class:`Embedder`; an
 actor decodes and embeds its shard exactly as ``qfsdk embed`` does and writes
 ``shard-XXXXX.parquet`` (index, path, embedding) atomically, after the shard's undecodable
-files (path, error) in ``errors/shard-XXXXX.parquet``. A shard file therefore exists only when
+files (index, path, error) in ``errors/shard-XXXXX.parquet``. With ``detect`` the files are photos, as
+for ``qfsdk embed --detect``: each actor also holds a :class:`FaceDetector`, a shard has one row per
+face (index of its photo, face, path, box, landmarks, score, embedding) and the photos where no
+face was found are listed (index, path) in ``no_face/shard-XXXXX.parquet``. A shard file therefore exists only when
 it is complete: a rerun skips it, and a shard whose worker was killed is recomputed (by Ray's
 task retry, or by the rerun), so the union never has duplicates or holes. ``manifest.json``
 pins the model, the inputs and the options that change the result; a rerun that differs is
@@ -16,7 +19,7 @@ system. Ray and pyarrow are imported only when used (``pip install 'qfsdk[ray]'`
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
@@ -25,17 +28,30 @@ import numpy as np
 
 from .backends.base import import_optional
 from .batch_embed import embed_files
+from .detect import DETECTOR_BACKEND, DetectorOptions, FaceDetector
 from .embedder import Embedder
 from .errors import QfsdkError
 from .files import atomic_output, sha256_file
 from .images import UnreadableImage, collect_images, load_rgb
 from .manifest import describe_changes, read_manifest, write_manifest
 from .metadata import read_contract
+from .photos import detector_template, embed_photo_files
 
 FORMAT = "qfsdk-gallery/1"
 MANIFEST = "manifest.json"
 HASHES = ("model_sha256", "inputs_sha256")  # manifest keys a refusal names without their values
 ERRORS = "errors"
+NO_FACE = "no_face"
+
+
+@dataclass(frozen=True)
+class PhotoOptions:
+    """Photos in (``qfsdk embed --detect``): the detector's settings and which faces each photo keeps
+    (``max_faces`` best-scoring, all: None; with ``largest``, biggest box first)."""
+
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+    max_faces: int | None = None
+    largest: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,7 @@ class GalleryResult:
     computed: int
     grayscale: int = 0
     resized: int = 0
+    no_face: int = 0
 
     @property
     def reused(self) -> int:
@@ -63,6 +80,10 @@ class GalleryResult:
     def read_errors(self) -> list[tuple[str, str]]:
         """(path, error) of every file that could not be decoded, in input order."""
         return read_gallery_errors(self.out_dir)
+
+    def read_no_face(self) -> list[str]:
+        """The photos where no face was found (with ``detect``), in input order."""
+        return [path for path, _ in _read_listing(self.out_dir / NO_FACE, "path")]
 
 
 def embed_gallery(
@@ -79,6 +100,7 @@ def embed_gallery(
     normalize: bool = False,
     threads: int = 1,
     gpus_per_actor: float = 0.0,
+    detect: PhotoOptions | None = None,
 ) -> GalleryResult:
     """Embed the images in ``inputs`` (files, or folders walked in sorted order) into ``out_dir``.
 
@@ -86,16 +108,22 @@ def embed_gallery(
     this process is already connected to, else ``ray.init()``'s default). ``actors``: size of
     the actor pool (None: the cluster's CPUs / ``threads``, or its GPUs / ``gpus_per_actor``).
     ``threads``: CPU threads of each actor's backend, also the CPUs Ray reserves for it.
+    ``detect``: the inputs are photos: one row per face found (see the module's docs).
     """
     if shard_size < 1 or threads < 1 or gpus_per_actor < 0 or (actors is not None and actors < 1):
         raise ValueError("shard_size, threads and actors must be >= 1 and gpus_per_actor >= 0")
     ray = _ray()
     model_path, out_dir = Path(model_path), Path(out_dir)
+    if detect is not None:
+        detector_template(read_contract(model_path))  # a model without a template fails before any work
     files = collect_images(inputs)
     if not files:
         raise QfsdkError(f"no image files in {', '.join(map(str, inputs))}")
     paths = [str(p) for p in files]
-    manifest = _manifest(model_path, paths, shard_size, {"backend": backend, "flip": flip, "normalize": normalize})
+    options: dict[str, Any] = {"backend": backend, "flip": flip, "normalize": normalize}
+    if detect is not None:  # only then, so galleries of crops made before detection still match
+        options["detect"] = asdict(detect)
+    manifest = _manifest(model_path, paths, shard_size, options)
     _claim(out_dir, manifest)
     rows = [{"shard": i, "paths": paths[i * shard_size : (i + 1) * shard_size]}
             for i in range(manifest["shards"]) if not _shard_file(out_dir, i).is_file()]  # fmt: skip
@@ -103,7 +131,8 @@ def embed_gallery(
     if rows:
         embedder_options = {"model_path": str(model_path.absolute()), "out_dir": str(out_dir.absolute()),
                             "cwd": str(Path.cwd()), "shard_size": shard_size, "backend": backend,
-                            "batch_size": batch_size, "flip": flip, "normalize": normalize, "threads": threads}  # fmt: skip
+                            "batch_size": batch_size, "flip": flip, "normalize": normalize, "threads": threads,
+                            "detect": detect}  # fmt: skip
         done = _embed_shards(ray, rows, embedder_options, address, actors, threads, gpus_per_actor)
     return _result(out_dir, len(paths), manifest["shards"], done)
 
@@ -157,52 +186,106 @@ def _result(out_dir: Path, images: int, shards: int, done: list[dict[str, Any]])
         computed=len(done),
         grayscale=sum(int(row["grayscale"]) for row in done),
         resized=sum(int(row["resized"]) for row in done),
+        no_face=sum(pq.read_metadata(f).num_rows for f in sorted((out_dir / NO_FACE).glob("shard-*.parquet"))),
     )
 
 
+@dataclass
+class _ShardRows:
+    """One shard's results: the input position of each row, its embedding and any other columns; the
+    positions that could not be decoded (with why) or held no face; counts for the report."""
+
+    kept: list[int]
+    embeddings: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    no_face: list[int] = field(default_factory=list)
+    grayscale: int = 0
+    resized: int = 0
+
+
 class ShardEmbedder:
-    """Ray Data actor: one Embedder; embeds and writes whole shards (one row per shard)."""
+    """Ray Data actor: one Embedder (and with ``detect`` one FaceDetector); embeds and writes whole
+    shards (one row per shard)."""
 
     def __init__(self, model_path: str, out_dir: str, cwd: str, shard_size: int, backend: str, batch_size: int,
-                 flip: bool, normalize: bool, threads: int) -> None:
+                 flip: bool, normalize: bool, threads: int, detect: PhotoOptions | None = None) -> None:
         self.embedder = Embedder(model_path, backend, batch_size=batch_size, flip=flip, normalize=normalize, threads=threads)
+        self.detect, self.detector = detect, None
+        if detect is not None:
+            name = self.embedder.backend_name
+            self.detector = FaceDetector(backend=DETECTOR_BACKEND.get(name, name), threads=threads, options=detect.detector)
         self.out_dir = Path(out_dir)
         self.cwd = Path(cwd)
         self.shard_size = shard_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         counts = [self.write_shard(int(shard), [str(p) for p in paths]) for shard, paths in zip(batch["shard"], batch["paths"])]
-        return {key: np.array([c[key] for c in counts]) for key in ("shard", "embedded", "errors", "grayscale", "resized")}
+        keys = ("shard", "embedded", "errors", "grayscale", "resized", "no_face")
+        return {key: np.array([c[key] for c in counts]) for key in keys}
 
     def write_shard(self, shard: int, paths: list[str]) -> dict[str, int]:
-        """Embed one shard's files and write its error table, then its shard file (the completion mark)."""
+        """Embed one shard's files and write its error (and no-face) tables, then its shard file (the completion mark)."""
         pa, pq = import_optional("pyarrow", "pyarrow", "ray", "gallery shards"), _parquet()
         start = shard * self.shard_size
         files = [self.cwd / p for p in paths]  # workers need not share the driver's cwd
-        result = embed_files(self.embedder, files)
-        kept = _positions(files, result.paths)
-        failed = sorted(set(range(len(files))) - set(kept))
-        error_file = self.out_dir / ERRORS / _shard_file(self.out_dir, shard).name
-        if failed:
-            errors = pa.table({
-                "index": pa.array([start + k for k in failed], pa.int64()),
-                "path": pa.array([paths[k] for k in failed], pa.string()),
-                "error": pa.array([_decode_error(files[k]) for k in failed], pa.string()),
-            })  # fmt: skip
-            with atomic_output(error_file) as tmp:
-                pq.write_table(errors, tmp)
-        else:
-            error_file.unlink(missing_ok=True)  # from a run when that file was still broken
+        rows = self._photo_rows(files) if self.detect is not None else self._crop_rows(files)
+        name = _shard_file(self.out_dir, shard).name
+        _write_listing(self.out_dir / ERRORS / name, start, paths, rows.failed)
+        if self.detect is not None:
+            _write_listing(self.out_dir / NO_FACE / name, start, paths, dict.fromkeys(rows.no_face))
         dim = self.embedder.contract.embedding_size
         table = pa.table({
-            "index": pa.array([start + k for k in kept], pa.int64()),
-            "path": pa.array([paths[k] for k in kept], pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(result.embeddings.reshape(-1), pa.float32()), dim),
+            "index": pa.array([start + k for k in rows.kept], pa.int64()),
+            "path": pa.array([paths[k] for k in rows.kept], pa.string()),
+            **{key: _column(pa, values) for key, values in rows.columns.items()},
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(rows.embeddings.reshape(-1), pa.float32()), dim),
         })  # fmt: skip
         with atomic_output(_shard_file(self.out_dir, shard)) as tmp:
             pq.write_table(table, tmp)
-        return {"shard": shard, "embedded": len(kept), "errors": len(failed), "grayscale": len(result.grayscale),
-                "resized": len(result.resized)}
+        return {"shard": shard, "embedded": len(rows.kept), "errors": len(rows.failed), "grayscale": rows.grayscale,
+                "resized": rows.resized, "no_face": len(rows.no_face)}
+
+    def _crop_rows(self, files: list[Path]) -> _ShardRows:
+        """Aligned crops, as ``qfsdk embed``: one row per decodable file."""
+        result = embed_files(self.embedder, files)
+        kept = _positions(files, result.paths)
+        failed = {k: _decode_error(files[k]) for k in sorted(set(range(len(files))) - set(kept))}
+        return _ShardRows(kept, result.embeddings, failed=failed, grayscale=len(result.grayscale), resized=len(result.resized))
+
+    def _photo_rows(self, files: list[Path]) -> _ShardRows:
+        """Photos, as ``qfsdk embed --detect``: one row per face."""
+        assert self.detect is not None
+        done = embed_photo_files(self.embedder, files, max_faces=self.detect.max_faces, largest=self.detect.largest,
+                                 detector=self.detector, workers=1)
+        faces, position = done.result, {path: k for k, path in enumerate(files)}
+        first = np.searchsorted(faces.sources, faces.sources)  # each row's photo's first row
+        columns = {"face": np.arange(len(faces)) - first, "box": faces.boxes, "landmarks": faces.landmarks.reshape(-1, 10),
+                   "score": faces.scores}  # fmt: skip
+        failed = {position[p]: done.reasons.get(p, "unreadable") for p in done.unreadable}
+        return _ShardRows(faces.sources.tolist(), faces.embeddings, columns, failed,
+                          sorted(position[p] for p in done.no_face), len(done.grayscale))
+
+
+def _column(pa: ModuleType, values: np.ndarray) -> Any:
+    """A Parquet column: a number per row, or a fixed-size list of float32 for (rows, k) values."""
+    if values.ndim == 1:
+        return pa.array(values)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.astype(np.float32).reshape(-1), pa.float32()), values.shape[1])
+
+
+def _write_listing(path: Path, start: int, paths: list[str], listed: dict[int, str | None]) -> None:
+    """``path``: the (index, path[, error]) rows of the positions ``listed`` (None: no error column),
+    or no file when there are none (a later run may have fixed a file)."""
+    if not listed:
+        path.unlink(missing_ok=True)
+        return
+    pa, pq = import_optional("pyarrow", "pyarrow", "ray", "gallery shards"), _parquet()
+    columns = {"index": pa.array([start + k for k in listed], pa.int64()), "path": pa.array([paths[k] for k in listed], pa.string())}
+    if any(reason is not None for reason in listed.values()):
+        columns["error"] = pa.array(list(listed.values()), pa.string())
+    with atomic_output(path) as tmp:
+        pq.write_table(pa.table(columns), tmp)
 
 
 def read_gallery(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
@@ -226,11 +309,36 @@ def read_gallery(out_dir: str | Path) -> tuple[list[str], np.ndarray]:
     return paths, np.concatenate(chunks)
 
 
+def read_gallery_faces(out_dir: str | Path) -> dict[str, np.ndarray]:
+    """A ``detect`` gallery's face rows in input order: ``index`` (of the photo), ``face``, ``boxes``
+    (K, 4), ``landmarks`` (K, 5, 2), ``scores`` (as ``qfsdk embed --detect``'s .npz)."""
+    read_gallery(out_dir)  # a complete gallery, or one line saying what is missing
+    pq, out_dir = _parquet(), Path(out_dir)
+    manifest = read_manifest(out_dir / MANIFEST, FORMAT)
+    if "detect" not in manifest["options"]:
+        raise QfsdkError(f"{out_dir}: a gallery of aligned crops, not of detected faces (made without --detect)")
+    tables = [pq.read_table(_shard_file(out_dir, i)) for i in range(manifest["shards"])]
+
+    def column(name: str, width: int = 0) -> np.ndarray:
+        parts = [t.column(name).combine_chunks() for t in tables]
+        values = [(p.flatten() if width else p).to_numpy(zero_copy_only=False) for p in parts]
+        joined = np.concatenate(values) if values else np.zeros(0)
+        return joined.reshape(-1, width) if width else joined
+
+    return {"index": column("index"), "face": column("face"), "boxes": column("box", 4),
+            "landmarks": column("landmarks", 10).reshape(-1, 5, 2), "scores": column("score")}
+
+
 def read_gallery_errors(out_dir: str | Path) -> list[tuple[str, str]]:
     """(path, error) of the files a gallery run could not decode, in input order."""
+    return _read_listing(Path(out_dir) / ERRORS, "error")
+
+
+def _read_listing(folder: Path, column: str) -> list[tuple[str, Any]]:
+    """(path, ``column``) of the rows of the listing shards in ``folder``, in input order."""
     pq = _parquet()
-    rows = [row for f in sorted((Path(out_dir) / ERRORS).glob("shard-*.parquet")) for row in pq.read_table(f).to_pylist()]
-    return [(row["path"], row["error"]) for row in sorted(rows, key=lambda row: row["index"])]
+    rows = [row for f in sorted(folder.glob("shard-*.parquet")) for row in pq.read_table(f).to_pylist()]
+    return [(row["path"], row.get(column)) for row in sorted(rows, key=lambda row: row["index"])]
 
 
 def _claim(out_dir: Path, manifest: dict[str, Any]) -> None:

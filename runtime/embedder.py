@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .align import warp_face
+from .align import check_landmarks, warp_face
 from .backends import open_backend
 from .backends.base import Backend, TensorInfo
 from .contract import FaceContract
+from .errors import LandmarkError
 from .metadata import ModelFileError, read_contract
+from .placement import placement_note
 
+log = logging.getLogger(__name__)
 Images = np.ndarray | Sequence[np.ndarray]
 
 
@@ -26,6 +30,10 @@ class Embedder:
     embedding (after the flip-sum). ``backend_options`` go to the backend (e.g.
     ``{"hint": "THROUGHPUT"}`` for openvino, ``{"providers": [...]}`` for onnxruntime,
     ``{"plugins": [...]}`` for tensorrt). Safe to share between threads.
+
+    A quantized file whose Q/DQ placement is made for another backend (a ``tensorrt``-placement
+    file on ONNX Runtime runs slower than the float model) is logged once, as a warning, with the
+    commands that make the right file; ``placement_note`` holds that line (None when it fits).
     """
 
     def __init__(
@@ -57,6 +65,9 @@ class Embedder:
         self.batch_size = min(batch_size, max_batch) if max_batch else batch_size
         self.flip = flip
         self.normalize = normalize
+        self.placement_note = placement_note(self.model_path, self.backend_name)
+        if self.placement_note:
+            log.warning("%s", self.placement_note)
 
     def embed(self, images: Images, landmarks: np.ndarray | Sequence | None = None) -> np.ndarray:
         """Embeddings (N, D) float32 in input order.
@@ -88,19 +99,47 @@ class Embedder:
         """Validated aligned crops as one (N, H, W, 3) uint8 array."""
         return np.stack([_check_image(im, i, self.contract.input_size) for i, im in enumerate(_as_list(images))])
 
-    def _align(self, images: Images, landmarks: np.ndarray | Sequence) -> np.ndarray:
-        """Warp each full image to the contract's template with its 5 landmarks."""
+    def align(self, image: np.ndarray, landmarks: np.ndarray | Sequence) -> np.ndarray:
+        """One full uint8 RGB image (H, W, 3) warped to the contract's template with its 5 landmarks (x, y).
+
+        Raises :class:`~qfsdk.runtime.errors.LandmarkError` for landmarks that cannot align a face:
+        not finite, outside the image, all at one point or on one line.
+        """
+        return self._align_face(image, landmarks, 0)
+
+    def _align_face(self, image: np.ndarray, landmarks: np.ndarray | Sequence, index: int) -> np.ndarray:
         template = self.contract.template
         if template is None:
             raise ValueError(f"{self.model_path}: its contract has no alignment template; pass aligned crops instead")
+        image = _check_image(image, index)
+        points = check_landmarks(landmarks, image.shape)
+        return warp_face(image, points, template, self.contract.input_size, self.contract.template_fit)
+
+    def _align(self, images: Images, landmarks: np.ndarray | Sequence) -> np.ndarray:
+        """Warp each full image to the contract's template with its 5 landmarks."""
         items = _as_list(images)
         points = np.asarray(landmarks, np.float64)
         if points.shape == (5, 2) and len(items) == 1:
             points = points[None]
         if points.shape != (len(items), 5, 2):
             raise ValueError(f"expected landmarks of shape ({len(items)}, 5, 2) (x, y per point and image), got {points.shape}")
-        size, fit = self.contract.input_size, self.contract.template_fit
-        return np.stack([warp_face(_check_image(im, i), pts, template, size, fit) for i, (im, pts) in enumerate(zip(items, points))])
+        crops = []
+        for i, (image, marks) in enumerate(zip(items, points)):
+            try:
+                crops.append(self._align_face(image, marks, i))
+            except LandmarkError as exc:
+                raise LandmarkError(f"face {i}: {exc}") from None
+        return np.stack(crops)
+
+    def embed_photos(self, images: Images, max_faces: int | None = None, largest: bool = False,
+                     detector: Any = None) -> Any:
+        """Every face of uint8 RGB photos of any size: detected (default: the packaged YuNet on this
+        backend), aligned to the contract's template and embedded. Returns a
+        :class:`~qfsdk.runtime.photos.PhotoEmbeddings`: per face its photo's index, box, 5 landmarks,
+        score and embedding. ``max_faces`` per photo, best score first (``largest``: biggest first)."""
+        from .photos import embed_photos
+
+        return embed_photos(self, images, max_faces=max_faces, largest=largest, detector=detector)
 
     def close(self) -> None:
         """Release the backend."""

@@ -36,3 +36,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``choices`` to a mistyped ``name``, else ``""``."""
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class LandmarkError(QfsdkError, ValueError):
+    """Five landmarks that cannot align a face: not finite, outside the image, or degenerate."""

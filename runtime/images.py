@@ -7,6 +7,8 @@ a model is calibrated on the pixels it later sees.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -20,8 +22,17 @@ GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L"
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what Pillow raises on a bad file
 
 
+WIDE_GRAYSCALE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})  # more than 8 bits per sample
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
 class UnreadableImage(Exception):
-    """A file that Pillow cannot decode."""
+    """A file that cannot be decoded; ``reason`` says why (without the path)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
 
 
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -38,14 +49,49 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 def load_rgb(path: Path) -> tuple[np.ndarray, bool]:
     """(uint8 RGB pixels (H, W, 3) turned upright by the EXIF orientation, whether the file was grayscale).
 
-    Grayscale, palette and RGBA files are converted to RGB (alpha is dropped).
+    Grayscale, palette, CMYK and RGBA files are converted to RGB (alpha is dropped); 16-bit and
+    float grayscale is scaled to 8 bits (:func:`to_8bit`). Anything but a regular file (a FIFO,
+    a device) is refused before it is opened, since reading it could block forever.
     """
+    _check_regular(path)
     try:
         with Image.open(path) as image:
             grayscale = image.mode in GRAYSCALE_MODES
-            return np.asarray(ImageOps.exif_transpose(image).convert("RGB")), grayscale
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode in WIDE_GRAYSCALE_MODES:
+                upright = to_8bit(upright)
+            return np.asarray(upright.convert("RGB")), grayscale
     except DECODE_ERRORS as exc:
-        raise UnreadableImage(f"{path}: {exc}") from None
+        raise UnreadableImage(path, str(exc)) from None
+
+
+def _check_regular(path: Path) -> None:
+    """Raise :class:`UnreadableImage` unless ``path`` (links followed) is a regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise UnreadableImage(path, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "not a file")
+        raise UnreadableImage(path, f"not a regular file ({kind}); pass image files")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A grayscale image of more than 8 bits per sample as mode ``L``.
+
+    Pillow's own conversion clips such values at 255, so a 16-bit PNG would turn white. Integer
+    modes are 16-bit samples (``I;16*``, and ``I`` as Pillow opens 16-bit PGM), scaled by
+    255/65535; an ``I`` image whose values all fit in 0..255 is taken as 8-bit. ``F`` images
+    with values in 0..1 are scaled by 255, others are taken as 0..255.
+    """
+    values = np.asarray(image, np.float64)
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    peak = values.max(initial=0.0)
+    if image.mode == "F":
+        scale = 255.0 if peak <= 1.0 else 1.0
+    else:
+        scale = 1.0 if image.mode == "I" and peak <= 255 else 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.floor(values * scale + 0.5), 0, 255).astype(np.uint8), "L")
 
 
 def fit(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -62,12 +108,17 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
 def read_landmarks(path: str | Path) -> dict[Path, np.ndarray]:
     """A JSON file ``{"image path": [[x, y] * 5], ...}`` -> {resolved path: (5, 2) float64}.
 
-    Relative image paths are relative to the JSON file's folder.
+    Relative image paths are relative to the JSON file's folder. Every coordinate must be a
+    finite number; whether the points fit their image is checked per face when it is embedded.
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise QfsdkError(f"{path}: cannot read landmarks ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise QfsdkError(f"{path}: not UTF-8 text (byte {exc.start}); write the landmarks as UTF-8 JSON") from None
+    except json.JSONDecodeError as exc:
         raise QfsdkError(f"{path}: cannot read landmarks ({exc})") from None
     if not isinstance(data, dict):
         raise QfsdkError(f'{path}: expected a JSON object {{"image path": [[x, y] * 5]}}')
@@ -77,7 +128,15 @@ def read_landmarks(path: str | Path) -> dict[Path, np.ndarray]:
             array = np.asarray(points, np.float64)
         except (TypeError, ValueError):
             array = np.empty(0)
-        if array.shape != (5, 2):
-            raise QfsdkError(f"{path}: landmarks of {name!r} must be 5 [x, y] pairs, got {points!r}")
+        if array.shape != (5, 2) or _has_non_numbers(points):
+            raise QfsdkError(f"{path}: landmarks of {name!r} must be 5 [x, y] pairs of numbers, got {points!r}")
+        if not np.isfinite(array).all():
+            raise QfsdkError(f"{path}: landmarks of {name!r} hold NaN or infinite values ({points!r}); "
+                             "give finite pixel coordinates or leave the image out")
         table[(path.parent / name).resolve()] = array
     return table
+
+
+def _has_non_numbers(points: object) -> bool:
+    """Whether a JSON [[x, y], ...] list holds anything but numbers (strings and booleans convert silently)."""
+    return any(isinstance(v, (str, bool)) or v is None for pair in points for v in pair)  # type: ignore[union-attr]

@@ -57,3 +57,14 @@ def lib(native_build):
     from qfsdk_native import Library
 
     return Library(native_build / "libqfsdk.so")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray instance (2 CPUs, no dashboard, no progress bars) for every Ray test module."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()

@@ -11,8 +11,9 @@ def test_bench_json_has_one_row_per_backend_and_batch_size(dlib_fp32_onnx):
     args = ["bench", str(dlib_fp32_onnx), "--backend", "onnxruntime", "--backend", "tensorrt",
             "--batch-size", "1", "--batch-size", "2", "--repeats", "2", "--warmup", "0", "--threads", "1", "--json"]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)["results"]
+    assert result.exit_code == 1, result.output  # a CI gate: any failed pair fails the command, naming it
+    assert f"1 of 2 model/backend runs failed: {dlib_fp32_onnx} on tensorrt" in result.stderr
+    rows = json.loads(result.stdout)["results"]
     timed = [row for row in rows if "error" not in row]
     assert [(row["backend"], row["batch_size"]) for row in timed] == [("onnxruntime", 1), ("onnxruntime", 2)]
     for row in timed:

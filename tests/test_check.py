@@ -134,4 +134,4 @@ def test_not_an_onnx_file(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"not a protobuf at all \x00\xff")
     result = run_check(path)
-    assert result.exit_code == 1 and "not a readable ONNX model" in result.output and str(path) in result.output
+    assert result.exit_code == 1 and "not an ONNX model" in result.output and str(path) in result.output

@@ -219,7 +219,7 @@ def test_failed_conversion_leaves_no_file(tmp_path):
 def test_bad_input_is_one_clear_line(tmp_path, dlib_fp32_onnx):
     runner = CliRunner()
     result = runner.invoke(main, ["convert", str(dlib_fp32_onnx), "-o", str(tmp_path / "x.onnx")])
-    assert result.exit_code == 1 and "not a checkpoint `qfsdk convert` reads" in result.output
+    assert result.exit_code == 1 and "is an ONNX model, not a quantized checkpoint" in result.output
     result = runner.invoke(main, ["convert", "dlib_resnet", "-o", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and "--fp32" in result.output
     assert not (tmp_path / "x.onnx").exists()

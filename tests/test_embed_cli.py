@@ -1,6 +1,10 @@
 """`qfsdk embed` on real face chips: input order, corrupt and grayscale files, resizing, landmarks."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +84,94 @@ def test_bad_landmarks_file_is_a_one_line_error(dlib_fp32_onnx, chips, tmp_path)
     (tmp_path / "l.json").write_text(json.dumps({"a.png": [[1, 2]]}))
     result = run_embed(dlib_fp32_onnx, tmp_path / "a.png", "--landmarks", tmp_path / "l.json", "-o", tmp_path / "e.npz")
     assert result.exit_code == 1 and "must be 5 [x, y] pairs" in result.output
+
+
+def test_landmarks_that_cannot_align_a_face_are_skipped_with_a_count_and_reason(dlib_fp32_onnx, chips, tmp_path):
+    template = np.array(TEMPLATE)
+    marks = {"good.png": template, "outside.png": template + [400.0, 0.0], "point.png": np.full((5, 2), 70.0),
+             "line.png": np.stack([np.linspace(20, 120, 5), np.linspace(30, 90, 5)], axis=1)}  # fmt: skip
+    for name in marks:
+        Image.fromarray(chips[0] if name == "good.png" else chips[1]).save(tmp_path / name)
+    (tmp_path / "l.json").write_text(json.dumps({name: points.tolist() for name, points in marks.items()}))
+    out = tmp_path / "e.npz"
+    result = run_embed(dlib_fp32_onnx, *(tmp_path / name for name in marks), "--landmarks", tmp_path / "l.json",
+                       "--backend", "onnxruntime", "--batch-size", "2", "-o", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "embedded 1 of 4 images" in result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("skipped 3 whose landmarks"))
+    assert "outside.png (landmark 0 at (510.408, 45.8888) lies outside the 150x150 image (and 4 more))" in line
+    assert "point.png (landmarks are all at one point" in line and "line.png (landmarks lie on one line" in line
+    with Embedder(dlib_fp32_onnx, "onnxruntime") as embedder:
+        np.testing.assert_allclose(np.load(out)["embeddings"], embedder.embed(chips[0]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b'{"a.png": [[1, 2], [3, 4], [5, NaN], [7, 8], [9, 10]]}', "NaN or infinite"),
+        (b'{"a.png": [[1, 2], [3, 4], [5, Infinity], [7, 8], [9, 10]]}', "NaN or infinite"),
+        (b'{"a.png": [[1, 2], [3, 4], [5, 1e999], [7, 8], [9, 10]]}', "NaN or infinite"),
+        (b'{"a.png": [[1, 2], [3, 4], [5, "6"], [7, 8], [9, 10]]}', "pairs of numbers"),
+        (b'{"a.png": [[1, 2]]}\xff\xfe', "not UTF-8 text (byte 19)"),
+        ("{\"caf\u00e9.png\": 1}".encode("latin-1"), "not UTF-8 text"),
+    ],
+)
+def test_a_landmarks_file_with_nan_or_not_utf8_is_one_line_and_exit_1(dlib_fp32_onnx, chips, tmp_path, content, words):
+    Image.fromarray(chips[0]).save(tmp_path / "a.png")
+    (tmp_path / "l.json").write_bytes(content)
+    result = run_embed(dlib_fp32_onnx, tmp_path / "a.png", "--landmarks", tmp_path / "l.json", "-o", tmp_path / "e.npz")
+    assert result.exit_code == 1 and words in result.output and str(tmp_path / "l.json") in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_a_fifo_is_skipped_with_its_reason_instead_of_hanging(dlib_fp32_onnx, chips, tmp_path):
+    Image.fromarray(chips[0]).save(tmp_path / "face.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    out = tmp_path / "e.npz"
+    done = subprocess.run([sys.executable, "-m", "qfsdk", "embed", dlib_fp32_onnx, tmp_path / "pipe.png", tmp_path / "face.png",
+                           "--backend", "onnxruntime", "-o", out], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "embedded 1 of 2 images" in done.stdout
+    assert f"skipped 1 unreadable: {tmp_path / 'pipe.png'} (not a regular file (a FIFO)" in done.stderr
+    assert [Path(p).name for p in np.load(out)["paths"]] == ["face.png"]
+
+
+def test_when_nothing_can_be_embedded_the_error_names_each_file_and_why(dlib_fp32_onnx, chips, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    os.mkfifo(tmp_path / "pipe.png")
+    for name in ("unlisted.png", "far.png"):
+        Image.fromarray(chips[0]).save(tmp_path / name)
+    (tmp_path / "l.json").write_text(json.dumps({"far.png": (np.array(TEMPLATE) + 1000).tolist()}))
+    result = run_embed(dlib_fp32_onnx, *(tmp_path / n for n in ("bad.png", "pipe.png", "unlisted.png", "far.png")),
+                       "--landmarks", tmp_path / "l.json", "--backend", "onnxruntime", "-o", tmp_path / "e.npz")  # fmt: skip
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    message = result.output
+    assert "none of the 4 images could be embedded: " in message
+    assert f"{tmp_path / 'bad.png'} (cannot identify image file" in message
+    assert f"{tmp_path / 'pipe.png'} (not a regular file (a FIFO)" in message
+    assert f"{tmp_path / 'unlisted.png'} (no landmarks in {tmp_path / 'l.json'})" in message
+    assert f"{tmp_path / 'far.png'} (landmark 0 at" in message
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_parallel_decoding_keeps_input_order_and_the_skips(dlib_fp32_onnx, chips, tmp_path):
+    from qfsdk.runtime.batch_embed import embed_files
+
+    files, expected = [], []
+    for i in range(23):
+        path = tmp_path / f"{i:02d}.png"
+        if i % 5 == 3:
+            path.write_bytes(b"corrupt")
+        else:
+            Image.fromarray(chips[i % len(chips)]).save(path)
+            expected.append(i % len(chips))
+        files.append(path)
+    with Embedder(dlib_fp32_onnx, "onnxruntime", batch_size=4) as embedder:
+        reference = embedder.embed(chips)
+        for workers in (1, 3):
+            result = embed_files(embedder, files, workers=workers)
+            assert result.paths == [f for i, f in enumerate(files) if i % 5 != 3]
+            assert result.unreadable == [f for i, f in enumerate(files) if i % 5 == 3]
+            assert set(result.reasons) == set(result.unreadable)
+            np.testing.assert_allclose(result.embeddings, reference[expected], atol=1e-5)

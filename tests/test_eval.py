@@ -336,7 +336,7 @@ def test_cli_float_checkpoint_on_ijb_prints_a_table(tmp_path):
     [
         (["iresnet5O", "--bin", "{bin}"], "did you mean iresnet50"),
         (["dlib_resnet", "--bin", "{cut}"], "cut.bin: truncated or corrupt"),
-        (["{plain}", "--bin", "{bin}"], "not a qfsdk quantized checkpoint.*NAME="),
+        (["{plain}", "--bin", "{bin}"], "plain.safetensors is a text file, not a model.*NAME="),
     ],
 )
 def test_cli_user_errors_are_one_line(tmp_path, lfw_like, args, message):

@@ -325,7 +325,7 @@ def test_output_equal_to_the_source_is_refused_and_the_source_kept(tmp_path):
     done = _run_import(source, "-o", tmp_path / "." / "model.onnx", "--mean", "127", "--std", "128")
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
-    assert "is the source model" in done.stderr and source.name in done.stderr
+    assert "is also an input" in done.stderr and source.name in done.stderr
     assert source.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
@@ -333,7 +333,7 @@ def test_output_equal_to_the_source_is_refused_and_the_source_kept(tmp_path):
 def test_output_equal_to_the_source_is_a_one_line_user_error(tmp_path):
     source, _ = _same_file(tmp_path)
     done = _run_import(source, "-o", source, "--mean", "127", "--std", "128")
-    _assert_one_line_refusal(done, source, "is the source model")
+    _assert_one_line_refusal(done, source, "is also an input")
 
 
 def test_an_onnx_that_was_not_imported_is_no_model_name(tmp_path):

@@ -61,6 +61,9 @@ def test_calibrate_with_the_onnxruntime_placement_reloads(tmp_path, face_folder)
         (["--keep-8bit", "conv_1*"], "matches no quantizable layer"),
         (["--method", "median"], "unknown observer 'median'"),
         (["--model", "iresnet5O"], "did you mean iresnet50"),
+        (["--recipe", "ranges,reconstruct:iterations"], "must read KEY=VALUE"),
+        (["--recipe", "ranges,reconstruct:iteration=5"], "did you mean 'iterations'"),
+        (["--recipe", "ranges,reconstruct:iterations=0"], "iterations must be a positive integer"),
     ],
 )
 def test_calibrate_bad_input_fails_before_work_in_one_line(tmp_path, face_folder, args, message):
@@ -70,6 +73,18 @@ def test_calibrate_bad_input_fails_before_work_in_one_line(tmp_path, face_folder
     assert result.exit_code == 1, result.output
     assert message in result.output and result.output.strip().count("\n") == 0
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_recipe_with_step_options_is_saved_and_printed_by_convert(tmp_path, face_folder):
+    out = tmp_path / "mfn_w4a8.safetensors"
+    recipe = "ranges,reconstruct:iterations=3:batch_size=4,bias_correction"
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--bits", "w4a8", "--recipe", recipe, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "recipe ranges+reconstruct:iterations=3:batch_size=4+bias_correction" in result.output
+    assert qfsdk.load(out).calibration["algorithm"][1] == {"name": "reconstruct", "iterations": 3, "batch_size": 4}
+    converted = run_cli("convert", out, "-o", tmp_path / "mfn_w4a8.onnx")
+    assert converted.exit_code == 0, converted.output
+    assert "PTQ recipe ranges+reconstruct:iterations=3:batch_size=4+bias_correction" in converted.output
 
 
 def _qat_args(face_folder, out, steps, every=1):

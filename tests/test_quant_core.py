@@ -308,3 +308,47 @@ def test_quantization_and_models_import_in_any_order(module):
 
     done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_learned_rounding_lowers_each_layers_output_error_below_nearest_rounding(tmp_path):
+    """``reconstruct`` at W4A8: every layer's output error vs the float layer (same float input) falls
+    below nearest rounding's, the model's output gets closer to the float one, the codes it learned are
+    the ones the ONNX export stores, and an option error names the option."""
+    from qfsdk.quant.capture import layer_inputs
+    from qfsdk.quant.modules import bypassed
+    from qfsdk.quant.reconstruction import output_error
+
+    data = _data(16)
+    float_model = _plain_model()
+    with torch.no_grad():
+        expected = float_model(data)
+    nearest = qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w4a8"), data)
+    learned = qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w4a8"), data,
+                              algorithm=["ranges", {"name": "reconstruct", "iterations": 300, "batch_size": 8}])
+
+    def layer_errors(model: nn.Module) -> list[float]:
+        errors = []
+        for name in ("stem", "conv_a", "fc"):
+            layer = dict(model.named_modules())[name]
+            with bypassed(model):
+                float_input = layer_inputs(model, layer, [data], torch.device("cpu"))
+                with torch.no_grad():
+                    target = layer(float_input)
+            with torch.no_grad():
+                errors.append(float(output_error(layer(layer_inputs(model, layer, [data], torch.device("cpu"))), target)))
+        return errors
+
+    before, after = layer_errors(nearest), layer_errors(learned)
+    assert all(a <= b for a, b in zip(after, before))
+    assert after[1] < 0.7 * before[1] and after[2] < 0.7 * before[2]  # the stem's error is mostly its input's
+    with torch.no_grad():
+        assert float(nn.functional.mse_loss(learned(data), expected)) < float(nn.functional.mse_loss(nearest(data), expected))
+    layer, quantizer = next(iter(weight_quantizers(learned)))
+    assert quantizer.rounding is not None and quantizer.step is not None
+    differs = quantizer.rounding.float() != (torch.round(layer.weight / quantizer.step) - torch.floor(layer.weight / quantizer.step))
+    assert differs.any()  # some weights no longer round to nearest
+    onnx_path = export_quantized(learned, tmp_path / "learned.onnx")
+    codes = {init.name: numpy_helper.to_array(init) for init in onnx.load(onnx_path).graph.initializer}
+    assert any(np.array_equal(c, quantizer.form(layer.weight).codes) for c in codes.values() if c.dtype == np.int8)
+    with pytest.raises(ConfigError, match="iterations"):
+        qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w4a8"), data, algorithm=["ranges", {"name": "reconstruct", "iterations": 0}])

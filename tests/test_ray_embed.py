@@ -25,12 +25,7 @@ SHARD_SIZE = 64
 RAY_ARGS = ("--backend", "onnxruntime", "--ray", "--actors", "2", "--shard-size", str(SHARD_SIZE))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # conftest: one local instance for the session
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from PIL import Image
 from face_photos import CHIP_PADDING, CHIP_SIZE, DETECTOR_UPSAMPLE, MIN_DETECTION_SCORE, face_photo_dir
 from qfsdk.models import get_spec
 from qfsdk.runtime import Embedder
-from qfsdk.runtime.align import fit_similarity, output_to_image, warp_face
+from qfsdk.runtime.align import check_landmarks, fit_similarity, output_to_image, warp_face
+from qfsdk.runtime.errors import LandmarkError
 
 DLIB = get_spec("dlib_resnet").contract
 # a large face (pyramid level), a strongly rotated one, and a small one (no pyramid)
@@ -89,3 +90,46 @@ def test_landmark_alignment_reproduces_dlib_face_chips(dlib_fp32_onnx, dlib_face
     distance = np.linalg.norm(warped - reference, axis=1)
     assert cosine.min() >= 0.998, cosine
     assert distance.max() < 0.1, distance  # dlib's same-person threshold is 0.6
+
+
+BAD_LANDMARKS = [
+    (lambda t: t + [1000.0, 0.0], "lies outside the 150x150 image"),
+    (lambda t: t - [0.0, 200.0], "landmark 0 at .* lies outside .* \\(and 4 more\\)"),
+    (lambda t: np.full((5, 2), 60.0), "all at one point"),
+    (lambda t: np.stack([np.linspace(20, 120, 5), np.linspace(30, 90, 5)], axis=1), "on one line"),
+    (lambda t: np.where(np.eye(5, 2, dtype=bool), np.nan, t), "NaN or infinite"),
+    (lambda t: np.where(np.eye(5, 2, dtype=bool), np.inf, t), "NaN or infinite"),
+]
+
+
+@pytest.mark.parametrize(("edit", "match"), BAD_LANDMARKS)
+def test_check_landmarks_refuses_points_that_cannot_align_a_face(edit, match):
+    template = np.array(DLIB.template)
+    with pytest.raises(LandmarkError, match=match):
+        check_landmarks(edit(template), (150, 150, 3))
+    assert check_landmarks(template, (150, 150, 3)).shape == (5, 2)
+
+
+def test_points_on_the_border_pixels_are_inside():
+    corners = np.array([[-0.5, -0.5], [29.5, -0.5], [15.0, 10.0], [-0.5, 19.5], [29.5, 19.5]])
+    check_landmarks(corners, (20, 30))
+    with pytest.raises(LandmarkError, match="landmark 1 at \\(29.6, -0.5\\) lies outside the 30x20 image"):
+        check_landmarks(corners + [[0, 0], [0.1, 0], [0, 0], [0, 0], [0, 0]], (20, 30))
+
+
+@pytest.mark.parametrize(("edit", "match"), BAD_LANDMARKS)
+def test_embedder_refuses_such_a_face_and_names_it(dlib_fp32_onnx, edit, match):
+    image = np.random.default_rng(3).integers(0, 256, (150, 150, 3), dtype=np.uint8)
+    good = np.array(DLIB.template)
+    with Embedder(dlib_fp32_onnx, "onnxruntime") as embedder:
+        with pytest.raises(LandmarkError, match=f"^face 1: .*{match}"):
+            embedder.embed([image, image], np.stack([good, edit(good)]))
+        with pytest.raises(LandmarkError, match=match):
+            embedder.align(image, edit(good))
+
+
+def test_warp_face_aligns_points_partly_off_the_image_as_given():
+    image = np.random.default_rng(4).integers(1, 256, (20, 30, 3), dtype=np.uint8)
+    template = np.array([[5, 5], [15, 5], [10, 10], [6, 15], [14, 15]], float)
+    out = warp_face(image, template - [6, 0], template, (20, 30))  # landmark 0 at x = -1: the Embedder refuses it
+    np.testing.assert_array_equal(out[:, 6:], image[:, :24])

@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from qfsdk.errors import QfsdkError
+from qfsdk.file_kinds import require
 from qfsdk.runtime.backends import BACKENDS
 from qfsdk.runtime.bench import measure_isolated
 from qfsdk.runtime.metadata import ENGINE_SUFFIXES
@@ -45,7 +47,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def bench(models: tuple[Path, ...], backends: tuple[str, ...], batch_sizes: tuple[int, ...], repeats: int, warmup: int,
           threads: int | None, as_json: bool) -> None:
-    """Time MODELS on backends side by side; each model/backend pair runs in its own process (own peak RSS)."""
+    """Time MODELS on backends side by side; each model/backend pair runs in its own process (own peak RSS).
+
+    Exits 1, naming them, when any model/backend pair failed."""
+    for model in models:
+        check_model_file(model)
     rows = [
         row
         for model in models
@@ -53,3 +59,14 @@ def bench(models: tuple[Path, ...], backends: tuple[str, ...], batch_sizes: tupl
         for row in measure_isolated(model, backend, batch_sizes, repeats=repeats, warmup=warmup, threads=threads)
     ]
     click.echo(json.dumps({"results": rows}, indent=2) if as_json else table(rows))
+    failed = sorted({f"{row['model']} on {row['backend']}" for row in rows if "error" in row})
+    if failed:
+        raise QfsdkError(f"{len(failed)} of {len({(row['model'], row['backend']) for row in rows})} model/backend runs "
+                         f"failed: {', '.join(failed)}")
+
+
+def check_model_file(model: Path) -> None:
+    """Refuse, before timing anything, a file that is neither an ONNX model nor a TensorRT engine (by suffix)."""
+    if model.suffix.lower() not in ENGINE_SUFFIXES:
+        require(model, ["onnx"], "an ONNX model or TensorRT engine",
+                f"qfsdk bench times .onnx files and engines ({', '.join(ENGINE_SUFFIXES)})")

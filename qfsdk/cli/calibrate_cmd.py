@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from qfsdk.quant.algorithms import ALGORITHMS, DEFAULT_RECIPE
+from qfsdk.quant.algorithms import ALGORITHMS, BEST_RECIPES, LOW_BIT_RECIPE
 from qfsdk.quant.config import OBSERVERS, QuantConfig
 
-from .common import build_config, model_options, quant_options
+from .common import build_config, check_output, model_options, quant_options
 
 
 @click.command()
@@ -23,8 +23,12 @@ from .common import build_config, model_options, quant_options
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
 @click.option("--method", default="percentile", show_default=True,
               help=f"Range observer: {', '.join(OBSERVERS)}; percentile:P picks the percentile (default {QuantConfig.percentile}).")
-@click.option("--recipe", default=",".join(DEFAULT_RECIPE), show_default=True,
-              help="PTQ steps in order, comma-separated: " + "; ".join(f"{a.name}: {a.description}" for a in ALGORITHMS.values()) + ".")
+@click.option("--recipe",
+              help="PTQ steps in order, comma-separated, each STEP or STEP:KEY=VALUE[:KEY=VALUE] "
+                   "(e.g. ranges,reconstruct:iterations=150); default: the PTQ benchmark's best for the weight bits ("
+                   + "; ".join(f"{b}-bit: {','.join(r)}" for b, r in BEST_RECIPES.items())
+                   + f"; fewer bits: {','.join(LOW_BIT_RECIPE)}). Steps: "
+                   + "; ".join(f"{a.name}: {a.description}" for a in ALGORITHMS.values()) + ".")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
               help="Images per synthesis and calibration batch.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -39,17 +43,18 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     from qfsdk.calib.sources import open_source
     from qfsdk.quant.observers import make_observer
     from qfsdk.models import create
-    from qfsdk.quant.algorithms import resolve_recipe
+    from qfsdk.quant.algorithms import best_recipe, parse_recipe, recipe_text
     from qfsdk.quant.api import check_config
 
+    source = _data_source(data_dir, synthetic)
+    check_output(output, weights, config_file)
     config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
     make_observer(method, 8)  # validates the method and the recipe before any work
-    steps = [step.strip() for step in recipe.split(",") if step.strip()]
-    resolve_recipe(steps)
+    steps = parse_recipe(recipe) if recipe is not None else list(best_recipe(config.weight_bits))
     torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
     model = create(model_name, weights=weights)
     check_config(model, config)
-    data, description = open_source(_data_source(data_dir, synthetic), model, num_images=num_images, seed=seed,
+    data, description = open_source(source, model, num_images=num_images, seed=seed,
                                     batch_size=batch_size, iterations=iterations, progress=True)
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data, method=method, algorithm=steps, progress=True)
 
@@ -58,7 +63,7 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
         cosine = torch.nn.functional.cosine_similarity(quantized(batch), model(batch)).min().item()
     qfsdk.save_quantized(quantized, output, extra={"data": description, "weights": str(weights or "default")})
     click.echo(f"calibrated {model_name} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}, {method}, "
-               f"recipe {'+'.join(steps)}) on {description}")
+               f"recipe {recipe_text(steps)}) on {description}")
     click.echo(f"quantized vs float on a calibration batch: min cosine {cosine:.5f}")
     click.echo(f"wrote {output}")
 
@@ -67,6 +72,8 @@ def _data_source(data_dir: Path | None, synthetic: bool) -> Path | str:
     """What ``open_source`` reads: the ``--data`` folder, else the ``synthetic`` keyword."""
     from qfsdk.calib.sources import SYNTHETIC
 
+    if data_dir is not None and synthetic:
+        raise click.UsageError("--synthetic and --data DIR exclude each other: choose one source of calibration images")
     if data_dir is not None:
         return data_dir
     if synthetic:

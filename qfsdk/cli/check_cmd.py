@@ -12,7 +12,9 @@ import click
 def check(model: Path) -> None:
     """Lint MODEL against TensorRT's Q/DQ rules; one line per violation, exit 1 if any."""
     from qfsdk.converters.graph_check import check_model
+    from qfsdk.file_kinds import require
 
+    require(model, ["onnx"], "an ONNX model", "qfsdk check lints the .onnx file `qfsdk convert` wrote")
     violations = check_model(model)
     for violation in violations:
         click.echo(str(violation))

@@ -1,16 +1,77 @@
-"""Option groups and helpers shared by the quantization commands."""
+"""Option groups and checks shared by the commands.
+
+Importing this module stays torch-free (the deployment commands use :func:`check_output`);
+the quantization option groups import :mod:`qfsdk.quant` when they decorate a command.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from qfsdk.errors import ConfigError
-from qfsdk.quant.config import ASYMMETRIC_SCHEMES, PRESETS, SCHEMES, QuantConfig
+from qfsdk.errors import ConfigError, QfsdkError
+
+
+def check_output(output: Path, *inputs: Path | str | None, folder: bool = False) -> None:
+    """Refuse, before any work, an ``output`` that is one of ``inputs`` (it would be overwritten)
+    or that cannot be written (no permission, a directory where a file goes, a file where a folder
+    must be). ``folder``: the output is a directory (``synth -o DIR``)."""
+    for source in inputs:
+        if source is None or not Path(source).exists() or not output.exists():
+            continue
+        if os.path.samefile(output, source):
+            same = "" if str(source) == str(output) else f" ({source})"
+            raise QfsdkError(f"{output} is also an input{same}: write the output to another path (-o)")
+    if output.exists() and output.is_dir() != folder:
+        raise QfsdkError(f"{output} is {'a file' if folder else 'a directory'}: give -o a {'folder' if folder else 'file'} path")
+    if output.exists() and not os.access(output, os.W_OK):
+        raise QfsdkError(f"{output} exists and is not writable: choose another -o or change its permissions")
+    parent = output.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise QfsdkError(f"{output}: {parent} is a file, not a folder: choose another -o")
+    try:  # what the write will do, tried now: permissions alone miss read-only mounts (and root passes them all)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise QfsdkError(f"{output}: cannot write in {parent} ({exc.strerror or exc}): choose another -o") from None
+
+
+def parse_method(method: str) -> tuple[str, float | None]:
+    """``--method NAME[:P]`` as (observer name, percentile or None); P must be finite and 0 < P < 100."""
+    name, colon, arg = method.partition(":")
+    if not colon:
+        return name, None
+    if name != "percentile":
+        raise ConfigError(f"--method {method}: only percentile takes a value (percentile:P)")
+    try:
+        value = float(arg)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value < 100):
+        raise ConfigError(f"--method {method}: P must be a number with 0 < P < 100 (e.g. percentile:99.99)")
+    return name, value
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The JSON object of a ``--config`` file; one line naming the file for anything else."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a JSON quantization config ({exc}); write a JSON object such as "
+                          '{"preset": "w8a8"} (see `qfsdk eval --fidelity` for recommended_config.json)') from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: holds a JSON {type(data).__name__}, not the JSON object of a quantization config "
+                          '(such as {"preset": "w8a8"})')
+    return data
 
 
 def model_options(fn: Callable) -> Callable:
@@ -28,6 +89,7 @@ def model_options(fn: Callable) -> Callable:
 
 def quant_options(fn: Callable) -> Callable:
     """``--bits``, ``--scheme``, ``--keep-8bit`` and ``--config``."""
+    from qfsdk.quant.config import PRESETS, SCHEMES, QuantConfig
 
     @click.option("--bits", default="w8a8", show_default=True, help=f"Preset: {', '.join(PRESETS)}.")
     @click.option("--scheme", type=click.Choice(SCHEMES), default=QuantConfig.scheme, show_default=True,
@@ -46,18 +108,22 @@ def quant_options(fn: Callable) -> Callable:
 
 
 def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, observer: str | None = None):
-    """The validated QuantConfig the options describe."""
+    """The validated QuantConfig the options describe; ``observer`` (``--method``) sets the observer and the
+    percentile actually used, so the checkpoint records them."""
     from qfsdk.quant import LayerOverride, QuantConfig
+    from qfsdk.quant.config import ASYMMETRIC_SCHEMES
 
-    if config_file is not None:
-        try:
-            data = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{config_file}: not valid JSON ({exc})") from None
-        config = QuantConfig.from_dict(data)
-    else:
-        fields = {"preset": bits, "scheme": scheme}
-        if observer and scheme not in ASYMMETRIC_SCHEMES:
-            fields["observer"] = observer.partition(":")[0]
+    fields: dict[str, Any] = read_config_file(config_file) if config_file is not None else {"preset": bits, "scheme": scheme}
+    if observer:
+        name, percentile = parse_method(observer)
+        if config_file is None and scheme not in ASYMMETRIC_SCHEMES:
+            fields["observer"] = name
+        if percentile is not None:
+            fields["percentile"] = percentile
+    try:
         config = QuantConfig.from_dict(fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{config_file}: {exc}" if config_file is not None else str(exc)) from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type in the file
+        raise ConfigError(f"{config_file or '--bits/--scheme'}: not a valid quantization config ({exc})") from None
     return config.with_overrides(*(LayerOverride(p, 8, 8) for p in keep_8bit))

@@ -10,6 +10,8 @@ from qfsdk.converters.convert import RECALIBRATIONS, ConvertOptions
 from qfsdk.converters.convert import convert as run_convert
 from qfsdk.converters.qdq_export import TARGETS
 
+from .common import check_output
+
 
 @click.command()
 @click.argument("source")
@@ -39,6 +41,7 @@ from qfsdk.converters.qdq_export import TARGETS
 def convert(source, output, target, precision, model_name, recalibrate, num_images, iterations, probe_images, opset,
             simplify, allow_nonconforming, int6_plugin, triton_repo, max_batch) -> None:
     """Export SOURCE to ONNX: a qfsdk quantized checkpoint, a QuantFace quantized checkpoint, or (with --fp32/--fp16) a zoo model name or float checkpoint."""
+    check_output(output, source)
     options = ConvertOptions(target=target, precision=precision, model_name=model_name, recalibrate=recalibrate,
                              num_images=num_images, iterations=iterations, probe_images=probe_images, opset=opset,
                              allow_nonconforming=allow_nonconforming, int6_plugin=int6_plugin, simplify=simplify)

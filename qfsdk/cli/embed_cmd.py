@@ -11,12 +11,14 @@ from click.core import ParameterSource
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
 from qfsdk.runtime.backends import BACKENDS
+from qfsdk.cli.embed_detect import photo_options
 from qfsdk.runtime.batch_embed import embed_files
 from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.images import collect_images, read_landmarks
 
 LISTED = 5  # file names shown per report line
 RAY_ONLY = ("actors", "shard_size", "gpus_per_actor")
+DETECT_ONLY = ("detect_size", "detect_threshold")
 
 
 @click.command("embed")
@@ -26,6 +28,13 @@ RAY_ONLY = ("actors", "shard_size", "gpus_per_actor")
               help="Images are aligned crops (the default). Crops of another size are resized to the model input, with a warning.")
 @click.option("--landmarks", "landmarks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='JSON {"image path": [[x, y] x5]} (paths relative to the JSON file): align full images to the model\'s template.')
+@click.option("--detect", type=click.Choice(["all", "largest"]), is_flag=False, flag_value="all",
+              help="Images are photos: find the faces (packaged YuNet detector), align each to the model's template "
+                   "and embed every face (all, the default) or the largest; one .npz row per face.")
+@click.option("--detect-size", type=click.IntRange(0), default=640, show_default=True,
+              help="With --detect: the longest side the detector sees (larger photos are scaled down; 0: full size).")
+@click.option("--detect-threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
+              help="With --detect: the least detection score of a face.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--flip", is_flag=True, help="Add the embedding of the mirrored face (flip-sum).")
@@ -42,13 +51,18 @@ RAY_ONLY = ("actors", "shard_size", "gpus_per_actor")
 @click.pass_context
 def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: bool, landmarks_file: Path | None,
           backend: str, batch_size: int, flip: bool, normalize: bool, threads: int | None, ray_address: str | None,
-          actors: int | None, shard_size: int, gpus_per_actor: float, output: Path) -> None:
+          actors: int | None, shard_size: int, gpus_per_actor: float, output: Path, detect: str | None = None,
+          detect_size: int = 640, detect_threshold: float = 0.6) -> None:
     """Embed the images in PATHS (files, or folders walked in sorted order) with MODEL.
 
     Unreadable images are skipped and counted; grayscale images are converted to RGB and reported.
     """
-    if aligned and landmarks_file:
-        raise click.UsageError("--aligned and --landmarks exclude each other")
+    modes = [name for name, given in (("--aligned", aligned), ("--landmarks", landmarks_file), ("--detect", detect)) if given]
+    if len(modes) > 1:
+        raise click.UsageError(f"{' and '.join(modes)} exclude each other")
+    given = [f"--{name.replace('_', '-')}" for name in DETECT_ONLY if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
+    if given and not detect:
+        raise click.UsageError(f"{', '.join(given)}: only with --detect")
     if ray_address is not None:
         if landmarks_file:
             raise click.UsageError("--landmarks is not supported with --ray; pass aligned crops")
@@ -56,7 +70,7 @@ def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: boo
             raise click.UsageError(f"--ray took {ray_address!r} as a cluster address; put --ray after PATHS or write --ray=ADDRESS")
         return embed_on_ray(model, paths, output, address=ray_address or None, actors=actors, shard_size=shard_size,
                             backend=backend, batch_size=batch_size, flip=flip, normalize=normalize, threads=threads or 1,
-                            gpus_per_actor=gpus_per_actor)
+                            gpus_per_actor=gpus_per_actor, detect=detect and photo_options(detect, detect_size, detect_threshold))
     given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
     if given:
         raise click.UsageError(f"{', '.join(given)}: only with --ray")
@@ -65,24 +79,34 @@ def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: boo
     files = collect_images(paths)
     if not files:
         raise QfsdkError(f"no image files in {', '.join(map(str, paths))}")
+    if detect:
+        from qfsdk.cli.embed_detect import embed_detected
+
+        return embed_detected(model, files, output, detect, backend=backend, batch_size=batch_size, flip=flip,
+                              normalize=normalize, threads=threads, max_size=detect_size or None,
+                              score_threshold=detect_threshold)
     landmarks = read_landmarks(landmarks_file) if landmarks_file else None
     with Embedder(model, backend, batch_size=batch_size, flip=flip, normalize=normalize, threads=threads) as embedder:
         result = embed_files(embedder, files, landmarks)
         backend_name, size = embedder.backend_name, embedder.contract.input_size
     if not result.paths:
-        raise QfsdkError(f"none of the {len(files)} images could be embedded ({len(result.unreadable)} unreadable, "
-                         f"{len(result.no_landmarks)} without landmarks)")
+        reasons = {**{path: f"no landmarks in {landmarks_file}" for path in result.no_landmarks}, **result.reasons}
+        raise QfsdkError(f"none of the {len(files)} images could be embedded: {listed(result.skipped, reasons, '; ')}")
     with atomic_output(output) as tmp, open(tmp, "wb") as file:
         np.savez(file, embeddings=result.embeddings, paths=np.array([str(p) for p in result.paths]))
     click.echo(f"embedded {len(result.paths)} of {len(files)} images ({result.embeddings.shape[1]}-d, {backend_name}) -> {output}")
     for count_of, what in (
         (result.unreadable, "skipped {} unreadable"),
         (result.no_landmarks, "skipped {} without landmarks in " + str(landmarks_file)),
+        (result.bad_landmarks, f"skipped {{}} whose landmarks in {landmarks_file} cannot align a face"),
         (result.grayscale, "converted {} grayscale to RGB"),
         (result.resized, f"resized {{}} crops to the model input {size[0]}x{size[1]} (not aligned at that size)"),
     ):
         if count_of:
-            click.echo(f"{what.format(len(count_of))}: {listed(count_of)}", err=True)
+            click.echo(f"{what.format(len(count_of))}: {listed(count_of, result.reasons)}", err=True)
+    if result.resized and not aligned and not landmarks_file:
+        click.echo(f"{len(result.resized)} images are not {size[0]}x{size[1]} crops: if they are photos, pass --detect "
+                   "to find and align their faces (--aligned resizes crops without this note)", err=True)
 
 
 def embed_on_ray(model: Path, paths: tuple[Path, ...], output: Path, **options: object) -> None:
@@ -90,8 +114,11 @@ def embed_on_ray(model: Path, paths: tuple[Path, ...], output: Path, **options: 
     from qfsdk.runtime.distributed import embed_gallery
 
     result = embed_gallery(model, paths, output, **options)
-    click.echo(f"embedded {result.embedded} of {result.images} images into {result.shards} shards "
+    what = "faces of" if options.get("detect") else "of"
+    click.echo(f"embedded {result.embedded} {what} {result.images} images into {result.shards} shards "
                f"({result.computed} computed, {result.reused} already written) -> {output}")
+    if result.no_face:
+        click.echo(f"found no face in {result.no_face} (see {output / 'no_face'}): {listed(result.read_no_face())}", err=True)
     if result.errors:
         click.echo(f"skipped {result.errors} unreadable (see {output / 'errors'}): "
                    f"{listed([path for path, _ in result.read_errors()])}", err=True)
@@ -99,10 +126,13 @@ def embed_on_ray(model: Path, paths: tuple[Path, ...], output: Path, **options: 
         click.echo(f"converted {result.grayscale} grayscale to RGB (in the shards computed now)", err=True)
     if result.resized:
         click.echo(f"resized {result.resized} crops to the model input (in the shards computed now)", err=True)
-    if not result.embedded:
-        raise QfsdkError(f"none of the {result.images} images could be embedded")
+    if not result.embedded and result.errors == result.images:
+        errors = dict(result.read_errors())
+        raise QfsdkError(f"none of the {result.images} images could be embedded: {listed(list(errors), errors, '; ')}")
 
 
-def listed(items: list) -> str:
-    """The first few items, comma-separated."""
-    return ", ".join(map(str, items[:LISTED])) + (", ..." if len(items) > LISTED else "")
+def listed(items: list, reasons: dict | None = None, separator: str = ", ") -> str:
+    """The first few items, separated, each with its reason where ``reasons`` has one."""
+    reasons = reasons or {}
+    shown = [f"{item} ({reasons[item]})" if item in reasons else str(item) for item in items[:LISTED]]
+    return separator.join(shown) + (f"{separator}..." if len(items) > LISTED else "")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from .common import check_output
+
 # What insightface's ArcFace models use; SFace (normalising inside its graph) is --mean 0 --std 1.
 DEFAULT_NORMALISATION = "127.5"
 
@@ -54,9 +56,10 @@ def import_model(source, output, input_size, mean, std, channel_order, layout, o
     """Import SOURCE.onnx (a face embedder: one image in, one embedding out) as a qfsdk model."""
     from qfsdk.converters.onnx_import import ImportOptions, import_onnx
     from qfsdk.errors import QfsdkError
+    from qfsdk.file_kinds import require
 
-    if output.resolve() == source.resolve():
-        raise QfsdkError(f"{output} is the source model: write the import to another file (-o)")
+    require(source, ["onnx"], "an ONNX model", "qfsdk import takes the .onnx file of a face embedder")
+    check_output(output, source)
     options = ImportOptions(input_size=_size(input_size), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
                             channel_order=channel_order.upper(), layout=layout, output=output_name, distance=distance,
                             threshold=threshold, template=template)

@@ -9,7 +9,7 @@ import click
 
 from qfsdk.quant.config import KD_LOSS_CHOICES
 
-from .common import build_config, model_options, quant_options
+from .common import build_config, check_output, model_options, quant_options
 
 
 def state_path_for(output: Path) -> Path:
@@ -38,6 +38,17 @@ def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | N
         synthesize(model_name, folder, num_images, seed=seed, weights=weights, iterations=iterations)
     barrier()
     return folder
+
+
+def check_resumable(state: Path) -> None:
+    """Refuse ``--resume`` from a state file that is damaged or not a QAT state (a missing one is ``train_qat``'s to report)."""
+    from qfsdk.errors import CheckpointError
+    from qfsdk.file_kinds import identify
+
+    kind = identify(state)
+    if kind.name not in ("qat-state", "missing"):
+        raise CheckpointError(f"{state} is {kind.description}, not a QAT state to resume: delete it and run "
+                                   "without --resume to start over")
 
 
 @click.command()
@@ -77,6 +88,9 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     from qfsdk.quant.api import check_config
     from qfsdk.quant.qat import QATSettings, init_distributed, train_qat
 
+    check_output(output, weights, config_file, data)
+    if resume:
+        check_resumable(state_path_for(output))
     init_distributed()
     config = build_config(bits, scheme, keep_8bit, config_file)
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,

@@ -8,6 +8,8 @@ import click
 
 from qfsdk.calib.inversion import AUTO, methods_help
 
+from .common import check_output
+
 
 @click.command()
 @click.option("--model", "model_name", required=True, help="Zoo model to invert (see `qfsdk models`).")
@@ -27,6 +29,7 @@ def synth(model_name: str, weights: Path | None, count: int, method: str, iterat
     """Synthesise face images from a model itself, for calibration and distillation."""
     from qfsdk.calib.synth import MANIFEST, synthesize
 
+    check_output(out_dir, weights, folder=True)
     directory = synthesize(model_name, out_dir, count, method=method, seed=seed, weights=weights,
                            batch_size=batch_size, iterations=iterations, progress=progress)  # fmt: skip
     click.echo(f"{count} images in {directory} (settings in {directory / MANIFEST})")

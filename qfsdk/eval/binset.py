@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from qfsdk.errors import QfsdkError
+from qfsdk.eval.metrics import FOLDS
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
@@ -62,9 +63,14 @@ class BinSet:
 
 def read_bin(path: str | Path) -> BinSet:
     """Read and validate an insightface ``.bin`` set without executing anything it contains."""
+    from qfsdk.file_kinds import require
+
     path = Path(path)
     if not path.is_file():
         raise QfsdkError(f"{path}: no such verification set")
+    # protocol 0/1 pickles read as text, damaged ones as unknown data: the unpickler below judges those
+    require(path, ["pickle", "text", "unknown"], "an insightface .bin verification set",
+            "a .bin set is a pickled (images, issame) tuple")
     try:
         with path.open("rb") as handle:
             data = _NoGlobalsUnpickler(handle, encoding="bytes").load()
@@ -74,9 +80,9 @@ def read_bin(path: str | Path) -> BinSet:
                 f"{path}: refused: the pickle references a Python global ({str(exc).removeprefix('refused global ')}); "
                 "a .bin set holds only byte strings and booleans (re-save lists of bytes/bools with pickle protocol >= 3)"
             ) from None
-        raise QfsdkError(f"{path}: truncated or corrupt .bin set ({exc})") from None
+        raise QfsdkError(f"{path}: truncated or corrupt .bin set ({' '.join(str(exc).split())})") from None
     except (EOFError, ValueError, IndexError, MemoryError) as exc:
-        raise QfsdkError(f"{path}: truncated or corrupt .bin set ({exc or 'pickle data ended early'})") from None
+        raise QfsdkError(f"{path}: truncated or corrupt .bin set ({' '.join(str(exc).split()) or 'pickle data ended early'})") from None
     return BinSet(path.stem, path, *_validated(data, path))
 
 
@@ -91,4 +97,6 @@ def _validated(data: object, path: Path) -> tuple[Sequence[bytes], np.ndarray]:
         raise QfsdkError(f"{path}: the second element must be a list of booleans (same identity per pair)")
     if len(images) != 2 * len(issame) or not issame:
         raise QfsdkError(f"{path}: {len(images)} images for {len(issame)} pairs (expected two per pair, at least one pair)")
+    if len(issame) < FOLDS:
+        raise QfsdkError(f"{path}: {len(issame)} pairs; {FOLDS}-fold accuracy needs at least {FOLDS} pairs (one per fold)")
     return images, np.asarray(issame, dtype=bool)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
+from qfsdk.progress import progress_bar
 
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime.contract import FaceContract
@@ -143,7 +143,7 @@ def face_features(model: FaceEmbedder, protocol: IJBProtocol, batch_size: int = 
     """``(emb(face) + emb(mirrored face)) * detector score`` for every face, unnormalised."""
     count = len(protocol.images)
     features = []
-    for start in tqdm(range(0, count, batch_size), desc=f"embed {protocol.name}", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, count, batch_size), desc=f"embed {protocol.name}", unit="batch", disable=not progress):
         crops = np.stack([_aligned(protocol, index, model.contract) for index in range(start, min(start + batch_size, count))])
         mirrored = np.ascontiguousarray(crops[:, :, ::-1])
         features.append(model.embed(crops).astype(np.float64) + model.embed(mirrored))

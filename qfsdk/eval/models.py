@@ -87,8 +87,10 @@ def _float_checkpoint(spec: str, batch_size: int) -> LoadedModel:
 
 def _quantized(spec: str, batch_size: int) -> LoadedModel:
     from qfsdk.errors import CheckpointError
+    from qfsdk.file_kinds import require_quantized_checkpoint
     from qfsdk.quant import load
 
+    require_quantized_checkpoint(spec)
     try:
         module = load(spec)
     except CheckpointError as exc:
@@ -119,22 +121,29 @@ LOADERS: dict[str, Callable[[str, int], LoadedModel]] = {
     "quantized": _quantized,
     "runtime": _runtime,
 }
-SUFFIX_KINDS = {".safetensors": "quantized", ".onnx": "runtime", **{suffix: "runtime" for suffix in ENGINE_SUFFIXES}}
+# content kind (qfsdk.file_kinds) of a model file -> loader kind
+CONTENT_KINDS = {"quantized": "quantized", "onnx": "runtime"}
 
 
 def model_kind(spec: str) -> str:
-    """Which loader ``spec`` needs (see the module docstring)."""
+    """Which loader ``spec`` needs (see the module docstring); files are recognised by content,
+    TensorRT engines by their suffix."""
+    from qfsdk.file_kinds import WEIGHTS_KINDS, identify
+
     if "=" in spec:
         return "float"
-    kind = SUFFIX_KINDS.get(Path(spec).suffix.lower())
-    if kind is not None:
-        return kind
-    if Path(spec).is_file():
-        raise QfsdkError(
-            f"{spec}: unknown model file type; use a quantized .safetensors, .onnx, a TensorRT engine "
-            f"({', '.join(s for s, k in SUFFIX_KINDS.items() if k == 'runtime')}) or NAME=PATH for a float checkpoint"
-        )
-    return "zoo"
+    path = Path(spec)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        return "runtime"
+    if not path.exists():
+        return "zoo"
+    kind = identify(path)
+    if kind.name in CONTENT_KINDS:
+        return CONTENT_KINDS[kind.name]
+    fix = (f"for a float checkpoint write NAME={spec} (e.g. iresnet50={spec})" if kind.name in WEIGHTS_KINDS else
+           f"eval takes a quantized checkpoint, an ONNX model, a TensorRT engine ({', '.join(ENGINE_SUFFIXES)}), "
+           "a zoo name or NAME=PATH for a float checkpoint")
+    raise QfsdkError(f"{spec} is {kind.description}, not a model qfsdk eval reads: {fix}")
 
 
 def load_model(spec: str, batch_size: int = DEFAULT_BATCH_SIZE) -> LoadedModel:

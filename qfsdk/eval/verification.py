@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from qfsdk.progress import progress_bar
 
 from .binset import BinSet
 from .metrics import flip_sum, kfold_accuracy, pair_distances, roc
@@ -28,7 +28,7 @@ def bin_embeddings(
     batches = range(0, count, batch_size)
     return np.concatenate([
         flip_embed(model, binset.decode(start, min(start + batch_size, count), size))
-        for start in tqdm(batches, desc=f"embed {binset.name}", unit="batch", disable=not progress)
+        for start in progress_bar(batches, desc=f"embed {binset.name}", unit="batch", disable=not progress)
     ])  # fmt: skip
 
 

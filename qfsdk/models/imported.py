@@ -89,9 +89,12 @@ def source_bytes(spec: dict[str, Any]) -> bytes:
 
 
 def imported_spec(name: str) -> ModelSpec | None:
-    """A spec for the path of an imported float ONNX; None for anything that is not a .onnx file."""
+    """A spec for the path of an imported float ONNX; None for anything that is not an ONNX file
+    (a ``.onnx`` name, or an ONNX model by content whatever its name)."""
+    from qfsdk.file_kinds import identify
+
     path = Path(name)
-    if path.suffix.lower() != ".onnx" or not path.is_file():
+    if not path.is_file() or (path.suffix.lower() != ".onnx" and identify(path).name != "onnx"):
         return None
     stat = path.stat()
     return _spec(name, stat.st_mtime_ns, stat.st_size)

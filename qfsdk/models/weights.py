@@ -1,7 +1,8 @@
 """Read weights files safely and load them strictly into zoo models.
 
-Formats: PyTorch ``.pth``/``.pt`` state dicts (read with ``weights_only=True``: a file that
-needs code execution is refused), ``.safetensors``, and a model's native format (dlib ``.dat``).
+Formats, recognised by content (:mod:`qfsdk.file_kinds`): PyTorch state dicts (read with
+``weights_only=True``: a file that needs code execution is refused), safetensors, and a model's
+native format by its suffix (dlib ``.dat``).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ SHOW = 4  # keys listed per category in a mismatch message
 
 def read_state_dict(path: str | Path, spec: "ModelSpec | None" = None) -> dict[str, torch.Tensor]:
     """Read a state dict of tensors from ``path`` without executing any code from the file."""
+    from qfsdk.file_kinds import WEIGHTS_KINDS, require
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
     if spec is not None and spec.native_suffix and path.suffix == spec.native_suffix:
         state = dict(spec.read_weights(path))
-    elif path.suffix == ".safetensors":
+    elif require(path, WEIGHTS_KINDS, "a float weights file",
+                 "weights are a PyTorch state dict (.pth) or a .safetensors file").name == "safetensors":
         state = _read_safetensors(path)
     else:
         state = _read_torch(path)

@@ -15,15 +15,16 @@ Weight quantizers export exactly the codes a step leaves (see :class:`~qfsdk.qua
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from qfsdk.errors import ConfigError, did_you_mean
+from qfsdk.progress import progress_bar
 
 from .modules import ActQuantizer, WeightQuantizer
 from .observers import make_observer
@@ -67,7 +68,7 @@ class CalibrationRun:
         source = self._kept if self._kept is not None else self.batches
         kept: list[torch.Tensor] = []
         count = 0
-        for batch in tqdm(source, desc=desc, disable=not self.progress, total=len(source)):
+        for batch in progress_bar(source, desc=desc, disable=not self.progress, total=len(source)):
             with torch.no_grad():
                 self.model(batch.to(self.device))
             count += len(batch)
@@ -102,7 +103,16 @@ class PTQAlgorithm:
 
 
 ALGORITHMS: dict[str, PTQAlgorithm] = {}
-DEFAULT_RECIPE = ("ranges",)
+DEFAULT_RECIPE = ("ranges",)  # what ``calibrate`` runs when no step is named (and what older checkpoints ran)
+# `qfsdk calibrate`'s default per weight bit width: the best recipe of the PTQ benchmark at those bits
+# (README, "PTQ recipes"); a Python caller gets it from best_recipe().
+BEST_RECIPES: dict[int, tuple[str, ...]] = {8: ("ranges", "bias_correction")}
+LOW_BIT_RECIPE = ("ranges", "reconstruct")  # weights below 8 bits: learned rounding matters most there
+
+
+def best_recipe(weight_bits: int) -> tuple[str, ...]:
+    """The measured best PTQ recipe for ``weight_bits``-bit weights (the CLI's default)."""
+    return BEST_RECIPES.get(weight_bits, LOW_BIT_RECIPE)
 
 
 def register_algorithm(name: str, description: str, options: type | None = None) -> Callable:
@@ -137,6 +147,43 @@ def resolve_recipe(recipe: str | Mapping[str, Any] | Sequence[str | Mapping[str,
         algorithm = get_algorithm(raw["name"])
         steps.append((algorithm, algorithm.parse_options({k: v for k, v in raw.items() if k != "name"}), raw))
     return steps
+
+
+def parse_recipe(text: str) -> list[str | dict[str, Any]]:
+    """``"ranges,reconstruct:iterations=150:ranges=false"``: steps by comma, options by colon (values
+    read as JSON where they parse: numbers, true/false; else strings), validated like any recipe."""
+    steps: list[str | dict[str, Any]] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, *settings = (s.strip() for s in part.split(":"))
+        if not settings:
+            steps.append(name)
+            continue
+        step: dict[str, Any] = {"name": name}
+        for setting in settings:
+            key, equals, value = setting.partition("=")
+            if not equals or not key.strip():
+                raise ConfigError(f"PTQ step option {setting!r} of {name!r} must read KEY=VALUE (e.g. {name}:iterations=150)")
+            try:
+                step[key.strip()] = json.loads(value)
+            except ValueError:
+                step[key.strip()] = value.strip()
+        steps.append(step)
+    if not steps:
+        raise ConfigError("the PTQ recipe names no step")
+    resolve_recipe(steps)
+    return steps
+
+
+def recipe_text(steps: Sequence[str | Mapping[str, Any]]) -> str:
+    """The inverse of :func:`parse_recipe`, for summaries: ``ranges+reconstruct:iterations=150``."""
+    parts = []
+    for step in steps:
+        raw = {"name": step} if isinstance(step, str) else dict(step)
+        options = "".join(f":{k}={json.dumps(v)}" for k, v in raw.items() if k != "name")
+        parts.append(raw["name"] + options)
+    return "+".join(parts)
 
 
 def act_quantizers(model: nn.Module) -> Iterator[tuple[str, ActQuantizer]]:

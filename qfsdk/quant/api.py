@@ -11,7 +11,7 @@ from qfsdk.calib.data import as_batches
 from qfsdk.errors import ConfigError, QfsdkError
 from qfsdk.models.card import ModelCard, attach_card, card_of
 
-from .algorithms import DEFAULT_RECIPE, CalibrationRun, act_quantizers, resolve_recipe
+from .algorithms import CalibrationRun, act_quantizers, resolve_recipe
 from .config import QuantConfig, resolve_config
 from .graph import modularize_residual_adds, traced_graph
 from .modules import QuantModule, convert
@@ -120,10 +120,7 @@ def calibrate(
         model.train(was_training)
     if not run.images:
         raise QfsdkError("calibration data yielded no images")
-    recipe = [raw for *_, raw in steps]
-    card.calibration = {"method": method, "images": run.images}
-    if [r["name"] for r in recipe] != list(DEFAULT_RECIPE) or any(len(r) > 1 for r in recipe):
-        card.calibration["algorithm"] = recipe
+    card.calibration = {"method": method, "images": run.images, "algorithm": [raw for *_, raw in steps]}
     return model
 
 

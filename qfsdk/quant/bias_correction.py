@@ -19,16 +19,12 @@ from typing import Sequence
 import torch
 from torch import nn
 
-
 from .algorithms import CalibrationRun, register_algorithm, weight_quantizers
+from .capture import quantized_layers_in_order, run_until
 from .graph import ModuleGraph, traced_graph
 from .modules import bypassed
 
 log = logging.getLogger(__name__)
-
-
-class _Reached(Exception):
-    """Raised by the hook of the layer being measured: nothing after it needs computing."""
 
 
 class _ChannelMeans:
@@ -56,23 +52,11 @@ def _means(model: nn.Module, layers: Sequence[nn.Module], batches: list[torch.Te
            stop_at: nn.Module | None = None) -> _ChannelMeans:
     """Per-channel output means of ``layers``; each forward ends at ``stop_at`` when given."""
     means = _ChannelMeans(layers)
-    stop = stop_at.register_forward_hook(lambda *_: _raise_reached()) if stop_at is not None else None
     try:
-        with torch.no_grad():
-            for batch in batches:
-                try:
-                    model(batch.to(device))
-                except _Reached:
-                    pass
+        run_until(model, stop_at, batches, device)
     finally:
         means.close()
-        if stop is not None:
-            stop.remove()
     return means
-
-
-def _raise_reached() -> None:
-    raise _Reached
 
 
 def _target(modules: dict[str, nn.Module], name: str, layer: nn.Module, graph: ModuleGraph) -> tuple[torch.Tensor, int] | None:
@@ -91,9 +75,8 @@ def correct_biases(run: CalibrationRun, options: None) -> None:
     batches = run.batch_list()  # the same images for every layer
     graph = traced_graph(model, "bias_correction")
     modules = dict(model.named_modules())
-    quantized = {layer for layer, _ in weight_quantizers(model)}
-    in_order = [name for name in dict.fromkeys(graph.order) if modules[name] in quantized]
-    targets = [(modules[name], target) for name in in_order if (target := _target(modules, name, modules[name], graph))]
+    targets = [(layer, target) for name, layer in quantized_layers_in_order(model, graph)
+               if (target := _target(modules, name, layer, graph))]
     with bypassed(model):
         reference = _means(model, [layer for layer, _ in targets], batches, device)
     for layer, (tensor, sign) in targets:

@@ -18,14 +18,13 @@ from torch import nn
 
 from qfsdk._version import __version__
 from qfsdk.errors import CheckpointError
+from qfsdk.file_kinds import QUANTIZED_FORMAT as FORMAT
 from qfsdk.models.card import card_of
 from qfsdk.runtime.files import atomic_output
 
 from .api import quant_config_of, quantize
 from .config import QuantConfig
 from .modules import prepare_optional_state
-
-FORMAT = "qfsdk.quantized/1"
 
 PAYLOAD_PREFIX = "__rebuild__."  # tensors a builder stores beside the state dict
 Payload = Mapping[str, torch.Tensor]

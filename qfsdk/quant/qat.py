@@ -29,17 +29,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from qfsdk.errors import CheckpointError, ConfigError
+from qfsdk.file_kinds import QAT_STATE_FORMAT as STATE_FORMAT
 from qfsdk.models.card import card_of
+from qfsdk.progress import progress_bar
 from qfsdk.runtime.files import atomic_output
 
 from .api import act_quantizers, quant_config_of, set_range_tracking
 from .config import KD_LOSS_CHOICES
 
 log = logging.getLogger(__name__)
-STATE_FORMAT = "qfsdk.qat-state/1"
 REFERENCE_BATCH, REFERENCE_LR = 512, 0.1
 
 
@@ -315,7 +315,7 @@ class QATRun:
     def run(self, progress: bool = True, on_step: Callable[[dict], None] | None = None) -> nn.Module:
         """Train up to ``settings.steps``, checkpointing every ``checkpoint_every`` steps."""
         settings = self.settings
-        bar = tqdm(total=settings.steps, initial=self.step, desc="qat", disable=not progress or self.rank != 0)
+        bar = progress_bar(total=settings.steps, initial=self.step, desc="qat", disable=not progress or self.rank != 0)
         while self.step < settings.steps:
             record = self.train_step()
             bar.update(1)

@@ -34,9 +34,11 @@ class OpenVinoBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = threads
         config["INFERENCE_PRECISION_HINT"] = precision
         core = ov.Core()
-        self._compiled = core.compile_model(core.read_model(str(path)), device, config)
-        self.inputs = tuple(_tensor_info(port) for port in self._compiled.inputs)
-        self.outputs = tuple(_tensor_info(port) for port in self._compiled.outputs)
+        model = core.read_model(str(path))
+        self._compiled = core.compile_model(model, device, config)
+        # Names as the file gives them: a compiled port may carry several (e.g. a numeric one first).
+        self.inputs = tuple(_tensor_info(port, f.get_any_name()) for port, f in zip(self._compiled.inputs, model.inputs))
+        self.outputs = tuple(_tensor_info(port, f.get_any_name()) for port, f in zip(self._compiled.outputs, model.outputs))
         self.max_batch = self.input_shape[0]
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -56,7 +58,7 @@ class OpenVinoBackend(Backend):
         self._compiled = None
 
 
-def _tensor_info(port: Any) -> TensorInfo:
-    """A compiled model's input or output port."""
+def _tensor_info(port: Any, name: str) -> TensorInfo:
+    """A compiled model's input or output port, called ``name``."""
     shape = dims([d.get_length() if d.is_static else None for d in port.get_partial_shape()])
-    return TensorInfo(port.get_any_name(), shape, np.dtype(port.get_element_type().to_dtype()).name)
+    return TensorInfo(name, shape, np.dtype(port.get_element_type().to_dtype()).name)

@@ -12,6 +12,11 @@
  * The OpenVINO backend runs concurrent calls in parallel (one inference request per
  * in-flight call, pooled); the TensorRT backend serialises calls on a handle internally.
  * qfsdk_embedder_destroy() must not race with other calls on the same handle.
+ * A qfsdk_detector handle behaves the same way (OpenVINO, one pooled request per call).
+ *
+ * Photos in: qfsdk_detector_create() loads a YuNet face detector; qfsdk_embed_photo() finds
+ * every face of a photo, aligns each to the model's template and embeds it, exactly as the
+ * Python runtime's Embedder.embed_photos does (same decoding, NMS and alignment).
  */
 #ifndef QFSDK_H
 #define QFSDK_H
@@ -51,6 +56,7 @@ typedef enum qfsdk_status {
 } qfsdk_status;
 
 typedef struct qfsdk_embedder qfsdk_embedder; /* opaque */
+typedef struct qfsdk_detector qfsdk_detector; /* opaque */
 
 typedef struct qfsdk_options {
     uint32_t struct_size; /* sizeof(qfsdk_options); set by qfsdk_options_init() */
@@ -60,6 +66,23 @@ typedef struct qfsdk_options {
                              which the contract's distance and threshold refer to) */
     int32_t batch_hint;   /* most crops per inference call; 0 = a whole call's batch */
 } qfsdk_options;
+
+/* Face detector settings (the Python runtime's DetectorOptions, same defaults). */
+typedef struct qfsdk_detector_options {
+    uint32_t struct_size;   /* sizeof(qfsdk_detector_options); set by qfsdk_detector_options_init() */
+    int32_t num_threads;    /* inference threads; 0 = backend default */
+    double score_threshold; /* least score of a face, 0..1 (default 0.6) */
+    double nms_threshold;   /* IoU above which the lower-scoring of two boxes is dropped, 0..1 (default 0.3) */
+    int32_t top_k;          /* most candidates kept before NMS, >= 1 (default 5000) */
+    int32_t max_size;       /* longest image side the detector sees (larger photos are scaled
+                               down first); 0 = full size; else >= 32 (default 640) */
+} qfsdk_detector_options;
+
+/* File name of the YuNet 2023mar detector (OpenCV zoo, MIT) that ships with qfsdk. The C library
+ * does not search for it: pass its path. It is in the Python package, at
+ *   python -c "import qfsdk.runtime.detect as d; print(d.DEFAULT_DETECTOR)"
+ * and `cmake --install` copies it to PREFIX/share/qfsdk/. Any YuNet-format ONNX file works. */
+#define QFSDK_DEFAULT_DETECTOR_FILE "face_detection_yunet_2023mar.onnx"
 
 /* QFSDK_ABI_VERSION of the library actually loaded. */
 QFSDK_API int qfsdk_abi_version(void);
@@ -98,6 +121,44 @@ QFSDK_API qfsdk_status qfsdk_embed_landmarks(qfsdk_embedder* h, const uint8_t* r
 QFSDK_API qfsdk_status qfsdk_align(qfsdk_embedder* h, const uint8_t* rgb, size_t height, size_t width,
                                    size_t stride_bytes, const float landmarks[10], uint8_t* crop,
                                    size_t crop_len);
+
+/* Fill *opts with the defaults above. */
+QFSDK_API void qfsdk_detector_options_init(qfsdk_detector_options* opts);
+
+/* Load a YuNet-format face detector (ONNX; see QFSDK_DEFAULT_DETECTOR_FILE) on OpenVINO. opts may
+ * be NULL for the defaults. On failure *out is NULL, qfsdk_last_error(NULL) explains why, and
+ * the status is QFSDK_ERR_NOT_FOUND (no such file), QFSDK_ERR_UNSUPPORTED (the file is not a
+ * YuNet detector), QFSDK_ERR_BACKEND (OpenVINO cannot read it) or QFSDK_ERR_INVALID_ARGUMENT. */
+QFSDK_API qfsdk_status qfsdk_detector_create(const char* model_path, const qfsdk_detector_options* opts,
+                                             qfsdk_detector** out);
+
+/* Release a detector. NULL is ignored. */
+QFSDK_API void qfsdk_detector_destroy(qfsdk_detector* d);
+
+/* Faces of one photo (uint8 RGB, any size; stride_bytes as for qfsdk_embed_landmarks), best
+ * score first, in the photo's pixels. Results go to caller-owned arrays with room for
+ * *count faces: boxes (*count x 4: x, y, width, height), landmarks (*count x 5 x 2: (x, y) of the
+ * eye on the image's left, the eye on its right, nose tip, mouth corner on the left, on the
+ * right), scores (*count); any of them may be NULL (not written). On return *count holds the
+ * number of faces found. When more faces were found than fit, the best that fit are written,
+ * *count is the number found and the status is QFSDK_ERR_BUFFER_TOO_SMALL: call again with
+ * arrays that large (or use the ones written). *count = 0 asks for the number only. */
+QFSDK_API qfsdk_status qfsdk_detect(qfsdk_detector* d, const uint8_t* rgb, size_t height, size_t width,
+                                    size_t stride_bytes, float* boxes, float* landmarks, float* scores,
+                                    size_t* count);
+
+/* Detect the faces of one photo with d, align each to h's template and embed it with h.
+ * Arrays and *count as for qfsdk_detect, plus embeddings (*count x embedding_size floats,
+ * required when *count > 0). Faces whose landmarks cannot align a face (all at one point, on one
+ * line) are not counted. A model whose contract has no template gives QFSDK_ERR_UNSUPPORTED.
+ * Failures are recorded on h (qfsdk_last_error(h)) and the calling thread. */
+QFSDK_API qfsdk_status qfsdk_embed_photo(qfsdk_embedder* h, qfsdk_detector* d, const uint8_t* rgb, size_t height,
+                                         size_t width, size_t stride_bytes, float* boxes, float* landmarks,
+                                         float* scores, float* embeddings, size_t* count);
+
+/* Message of the latest failure on detector d (from any thread); "" when none. Valid until this
+ * thread calls qfsdk_detector_last_error again. */
+QFSDK_API const char* qfsdk_detector_last_error(const qfsdk_detector* d);
 
 /* Embedding length (0 if h is NULL). */
 QFSDK_API size_t qfsdk_embedding_size(const qfsdk_embedder* h);

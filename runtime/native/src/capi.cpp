@@ -1,4 +1,5 @@
 // The C boundary: argument checks, exceptions -> status codes, per-handle and thread errors.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -7,16 +8,41 @@
 #include <string>
 #include <vector>
 
+#include "detector.hpp"
 #include "embedder.hpp"
 #include "error.hpp"
+#include "photo.hpp"
 #include "qfsdk.h"
+
+namespace {
+
+// A handle's latest failure message, readable from any thread.
+struct ErrorSlot {
+    void set(const char* message) const {
+        std::lock_guard<std::mutex> lock(mutex);
+        last_error = message;
+    }
+    std::string get() const {
+        std::lock_guard<std::mutex> lock(mutex);
+        return last_error;
+    }
+    mutable std::mutex mutex;
+    mutable std::string last_error;
+};
+
+}  // namespace
 
 struct qfsdk_embedder {
     qfsdk_embedder(const std::string& path, const std::string& backend, const qfsdk_options& options)
         : impl(path, backend, options) {}
     qfsdk::Embedder impl;
-    mutable std::mutex mutex;           // guards last_error
-    mutable std::string last_error;
+    ErrorSlot errors;
+};
+
+struct qfsdk_detector {
+    qfsdk_detector(const std::string& path, const qfsdk_detector_options& options) : impl(path, options) {}
+    qfsdk::Detector impl;
+    ErrorSlot errors;
 };
 
 namespace {
@@ -26,35 +52,35 @@ using qfsdk::Error;
 thread_local std::string t_last_error;  // this thread's latest failure
 thread_local std::string t_returned;    // what qfsdk_last_error handed out last
 
-void record(const qfsdk_embedder* h, const char* message) noexcept {
+void record(const ErrorSlot* slot, const char* message) noexcept {
     try {
         t_last_error = message;
-        if (h) {
-            std::lock_guard<std::mutex> lock(h->mutex);
-            h->last_error = message;
-        }
+        if (slot) slot->set(message);
     } catch (...) {  // out of memory while reporting: keep the status code
     }
 }
 
-// Runs body, mapping every exception to a status and a recorded message.
+// Runs body, mapping every exception to a status and a message recorded on slot (may be NULL).
 template <class Body>
-qfsdk_status guarded(const qfsdk_embedder* h, Body&& body) noexcept {
+qfsdk_status guarded(const ErrorSlot* slot, Body&& body) noexcept {
     try {
         body();
         return QFSDK_OK;
     } catch (const Error& e) {
-        record(h, e.what());
+        record(slot, e.what());
         return e.status();
     } catch (const std::bad_alloc&) {
-        record(h, "out of memory");
+        record(slot, "out of memory");
     } catch (const std::exception& e) {
-        record(h, e.what());
+        record(slot, e.what());
     } catch (...) {
-        record(h, "unknown internal error");
+        record(slot, "unknown internal error");
     }
     return QFSDK_ERR_INTERNAL;
 }
+
+const ErrorSlot* slot_of(const qfsdk_embedder* h) { return h ? &h->errors : nullptr; }
+const ErrorSlot* slot_of(const qfsdk_detector* d) { return d ? &d->errors : nullptr; }
 
 void require(bool ok, const char* message) {
     if (!ok) throw Error(QFSDK_ERR_INVALID_ARGUMENT, message);
@@ -75,6 +101,54 @@ void check_image(size_t height, size_t width, size_t& stride) {
     if (stride == 0) stride = width * 3;
     require(stride >= width * 3, "stride_bytes must be 0 or >= width * 3");
     require(height <= std::numeric_limits<size_t>::max() / stride, "image too large");
+}
+
+// Copies the caller's options over the defaults in out; older callers may pass a shorter struct.
+template <class Options>
+void read_options(const Options* given, Options& out) {
+    if (!given) return;
+    require(given->struct_size >= sizeof(uint32_t), "opts->struct_size is 0; call the options' _init function first");
+    std::memcpy(&out, given, std::min<size_t>(given->struct_size, sizeof(out)));
+    out.struct_size = sizeof(out);
+}
+
+void check_detector_options(const qfsdk_detector_options& o) {
+    auto text = [](double v) { return std::to_string(v); };
+    require(o.num_threads >= 0, "num_threads must be >= 0");
+    if (!(o.score_threshold >= 0.0 && o.score_threshold <= 1.0))
+        throw Error(QFSDK_ERR_INVALID_ARGUMENT, "score_threshold must lie in 0..1, got " + text(o.score_threshold));
+    if (!(o.nms_threshold >= 0.0 && o.nms_threshold <= 1.0))
+        throw Error(QFSDK_ERR_INVALID_ARGUMENT, "nms_threshold must lie in 0..1, got " + text(o.nms_threshold));
+    if (o.top_k < 1) throw Error(QFSDK_ERR_INVALID_ARGUMENT, "top_k must be >= 1, got " + std::to_string(o.top_k));
+    if (o.max_size != 0 && o.max_size < 32)
+        throw Error(QFSDK_ERR_INVALID_ARGUMENT, "max_size must be 0 (full size) or >= 32 pixels, got " + std::to_string(o.max_size));
+}
+
+// The capacity *count after checking the arguments every photo call shares.
+size_t photo_capacity(const uint8_t* rgb, size_t height, size_t width, size_t& stride, const size_t* count,
+                      size_t floats_per_face) {
+    require(rgb && count, "rgb and count must not be NULL");
+    check_image(height, width, stride);
+    require(*count <= std::numeric_limits<size_t>::max() / sizeof(float) / floats_per_face, "*count too large");
+    return *count;
+}
+
+// Writes the first min(found, capacity) faces into the arrays that are not NULL and sets *count
+// to the number found; throws QFSDK_ERR_BUFFER_TOO_SMALL when they did not all fit.
+void write_faces(const std::vector<qfsdk::Face>& faces, size_t capacity, float* boxes, float* landmarks, float* scores,
+                 size_t* count) {
+    const size_t k = std::min(capacity, faces.size());
+    for (size_t i = 0; i < k; ++i) {
+        if (boxes) std::copy(faces[i].box.begin(), faces[i].box.end(), boxes + 4 * i);
+        if (landmarks) std::copy(faces[i].landmarks.begin(), faces[i].landmarks.end(), landmarks + 10 * i);
+        if (scores) scores[i] = faces[i].score;
+    }
+    *count = faces.size();
+    if (faces.size() > capacity)
+        throw Error(QFSDK_ERR_BUFFER_TOO_SMALL, "found " + std::to_string(faces.size()) + " faces but *count was " +
+                                                    std::to_string(capacity) + ": pass arrays for " +
+                                                    std::to_string(faces.size()) + " faces (the " + std::to_string(k) +
+                                                    " best were written)");
 }
 
 }  // namespace
@@ -106,11 +180,7 @@ qfsdk_status qfsdk_embedder_create(const char* model_path, const char* backend, 
         require(model_path != nullptr && *model_path, "model_path must be a non-empty string");
         qfsdk_options options;
         qfsdk_options_init(&options);
-        if (opts) {  // older callers may pass a shorter struct: copy what they know
-            require(opts->struct_size >= sizeof(uint32_t), "opts->struct_size is 0; call qfsdk_options_init first");
-            std::memcpy(&options, opts, std::min<size_t>(opts->struct_size, sizeof(options)));
-            options.struct_size = sizeof(options);
-        }
+        read_options(opts, options);
         require(options.num_threads >= 0 && options.batch_hint >= 0, "num_threads and batch_hint must be >= 0");
         *out = std::make_unique<qfsdk_embedder>(model_path, backend ? backend : "", options).release();
     });
@@ -125,7 +195,7 @@ void qfsdk_embedder_destroy(qfsdk_embedder* h) {
 
 qfsdk_status qfsdk_embed_aligned(qfsdk_embedder* h, const uint8_t* rgb, size_t n, size_t height, size_t width,
                                  float* out, size_t out_len) {
-    return guarded(h, [&] {
+    return guarded(slot_of(h), [&] {
         require(h && rgb && out, "h, rgb and out must not be NULL");
         require(n > 0, "n must be > 0");
         const qfsdk::Contract& c = h->impl.contract();
@@ -140,7 +210,7 @@ qfsdk_status qfsdk_embed_aligned(qfsdk_embedder* h, const uint8_t* rgb, size_t n
 
 qfsdk_status qfsdk_align(qfsdk_embedder* h, const uint8_t* rgb, size_t height, size_t width, size_t stride_bytes,
                          const float landmarks[10], uint8_t* crop, size_t crop_len) {
-    return guarded(h, [&] {
+    return guarded(slot_of(h), [&] {
         require(h && rgb && landmarks && crop, "h, rgb, landmarks and crop must not be NULL");
         check_image(height, width, stride_bytes);
         const qfsdk::Contract& c = h->impl.contract();
@@ -152,7 +222,7 @@ qfsdk_status qfsdk_align(qfsdk_embedder* h, const uint8_t* rgb, size_t height, s
 
 qfsdk_status qfsdk_embed_landmarks(qfsdk_embedder* h, const uint8_t* rgb, size_t height, size_t width,
                                    size_t stride_bytes, const float landmarks[10], float* out, size_t out_len) {
-    return guarded(h, [&] {
+    return guarded(slot_of(h), [&] {
         require(h && rgb && landmarks && out, "h, rgb, landmarks and out must not be NULL");
         check_image(height, width, stride_bytes);
         const qfsdk::Contract& c = h->impl.contract();
@@ -163,10 +233,74 @@ qfsdk_status qfsdk_embed_landmarks(qfsdk_embedder* h, const uint8_t* rgb, size_t
     });
 }
 
+void qfsdk_detector_options_init(qfsdk_detector_options* opts) {
+    if (!opts) return;
+    std::memset(opts, 0, sizeof(*opts));
+    opts->struct_size = sizeof(*opts);
+    opts->score_threshold = 0.6;  // runtime/detect.py DetectorOptions
+    opts->nms_threshold = 0.3;
+    opts->top_k = 5000;
+    opts->max_size = 640;
+}
+
+qfsdk_status qfsdk_detector_create(const char* model_path, const qfsdk_detector_options* opts, qfsdk_detector** out) {
+    if (out) *out = nullptr;
+    return guarded(nullptr, [&] {
+        require(out != nullptr, "out must not be NULL");
+        require(model_path != nullptr && *model_path,
+                "model_path must name a YuNet ONNX file; the packaged one is at `python -c \"import "
+                "qfsdk.runtime.detect as d; print(d.DEFAULT_DETECTOR)\"`");
+        qfsdk_detector_options options;
+        qfsdk_detector_options_init(&options);
+        read_options(opts, options);
+        check_detector_options(options);
+        *out = std::make_unique<qfsdk_detector>(model_path, options).release();
+    });
+}
+
+void qfsdk_detector_destroy(qfsdk_detector* d) {
+    try {
+        std::unique_ptr<qfsdk_detector> owned(d);
+    } catch (...) {
+    }
+}
+
+qfsdk_status qfsdk_detect(qfsdk_detector* d, const uint8_t* rgb, size_t height, size_t width, size_t stride_bytes,
+                          float* boxes, float* landmarks, float* scores, size_t* count) {
+    return guarded(slot_of(d), [&] {
+        require(d != nullptr, "d must not be NULL");
+        const size_t capacity = photo_capacity(rgb, height, width, stride_bytes, count, 10);
+        write_faces(d->impl.detect(rgb, height, width, stride_bytes), capacity, boxes, landmarks, scores, count);
+    });
+}
+
+qfsdk_status qfsdk_embed_photo(qfsdk_embedder* h, qfsdk_detector* d, const uint8_t* rgb, size_t height, size_t width,
+                               size_t stride_bytes, float* boxes, float* landmarks, float* scores, float* embeddings,
+                               size_t* count) {
+    return guarded(slot_of(h), [&] {
+        require(h && d, "h and d must not be NULL");
+        const size_t dim = h->impl.contract().embedding_size;
+        const size_t capacity = photo_capacity(rgb, height, width, stride_bytes, count, std::max<size_t>(dim, 10));
+        require(embeddings || capacity == 0, "embeddings must not be NULL when *count > 0");
+        const std::vector<qfsdk::Face> faces =
+            qfsdk::embed_photo(h->impl, d->impl, rgb, height, width, stride_bytes, capacity, embeddings);
+        write_faces(faces, capacity, boxes, landmarks, scores, count);
+    });
+}
+
+const char* qfsdk_detector_last_error(const qfsdk_detector* d) {
+    try {
+        t_returned = d ? d->errors.get() : t_last_error;
+        return t_returned.c_str();
+    } catch (...) {
+        return "";
+    }
+}
+
 size_t qfsdk_embedding_size(const qfsdk_embedder* h) { return h ? h->impl.contract().embedding_size : 0; }
 
 qfsdk_status qfsdk_input_size(const qfsdk_embedder* h, size_t* height, size_t* width) {
-    return guarded(h, [&] {
+    return guarded(slot_of(h), [&] {
         require(h && height && width, "h, height and width must not be NULL");
         *height = h->impl.contract().height;
         *width = h->impl.contract().width;
@@ -179,12 +313,7 @@ const char* qfsdk_backend_name(const qfsdk_embedder* h) { return h ? h->impl.bac
 
 const char* qfsdk_last_error(const qfsdk_embedder* h) {
     try {
-        if (h) {
-            std::lock_guard<std::mutex> lock(h->mutex);
-            t_returned = h->last_error;
-        } else {
-            t_returned = t_last_error;
-        }
+        t_returned = h ? h->errors.get() : t_last_error;
         return t_returned.c_str();
     } catch (...) {
         return "";

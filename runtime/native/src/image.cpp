@@ -1,6 +1,8 @@
 #include "image.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "contract.hpp"
@@ -47,14 +49,14 @@ Fit fit_similarity(const double src[10], const double dst[10]) {
 
 // Bilinear sampling of one image level; At(y, x, c) returns the float pixel.
 template <class At>
-void sample(const At& at, long rows, long cols, const Affine& m, const Contract& c, uint8_t* out) {
+void sample(const At& at, long rows, long cols, const Affine& m, size_t out_h, size_t out_w, uint8_t* out) {
     auto pixel = [&](long y, long x, int ch) { return (y < 0 || x < 0 || y >= rows || x >= cols) ? 0.0f : at(y, x, ch); };
-    for (size_t v = 0; v < c.height; ++v) {
-        for (size_t u = 0; u < c.width; ++u) {
+    for (size_t v = 0; v < out_h; ++v) {
+        for (size_t u = 0; u < out_w; ++u) {
             const double du = static_cast<double>(u), dv = static_cast<double>(v);
             const float x = static_cast<float>(m.m00 * du + m.m01 * dv + m.t0);
             const float y = static_cast<float>(m.m10 * du + m.m11 * dv + m.t1);
-            uint8_t* o = out + (v * c.width + u) * 3;
+            uint8_t* o = out + (v * out_w + u) * 3;
             if (!(std::fabs(x) < 1e9f && std::fabs(y) < 1e9f)) {  // far outside: all neighbours are border
                 o[0] = o[1] = o[2] = 0;
                 continue;
@@ -88,10 +90,8 @@ std::vector<float> halve(const At& at, long in_rows, long in_cols) {
 
 }  // namespace
 
-Affine output_to_image(const double landmarks[10], const Contract& c) {
-    double tmpl[10];
-    for (int i = 0; i < 10; ++i) tmpl[i] = c.landmark_template[i / 2][i % 2];
-    if (c.fit_template_to_landmarks) {
+Affine similarity_map(const double landmarks[10], const double tmpl[10], bool template_to_landmarks) {
+    if (template_to_landmarks) {
         Fit f = fit_similarity(tmpl, landmarks);
         return {f.a, -f.b, f.b, f.a, f.c0, f.c1};
     }
@@ -101,24 +101,69 @@ Affine output_to_image(const double landmarks[10], const Contract& c) {
     return {i00, i01, i10, i11, -(i00 * f.c0 + i01 * f.c1), -(i10 * f.c0 + i11 * f.c1)};
 }
 
-void warp_face(const uint8_t* rgb, size_t height, size_t width, size_t stride, const double landmarks[10],
-               const Contract& c, uint8_t* out) {
-    Affine m = output_to_image(landmarks, c);
+Affine output_to_image(const double landmarks[10], const Contract& c) {
+    double tmpl[10];
+    for (int i = 0; i < 10; ++i) tmpl[i] = c.landmark_template[i / 2][i % 2];
+    return similarity_map(landmarks, tmpl, c.fit_template_to_landmarks);
+}
+
+Affine scale_map(size_t height, size_t width, size_t out_h, size_t out_w) {
+    const double sy = static_cast<double>(height) / static_cast<double>(out_h);
+    const double sx = static_cast<double>(width) / static_cast<double>(out_w);
+    return {sx, 0.0, 0.0, sy, (sx - 1) / 2, (sy - 1) / 2};
+}
+
+void warp(const uint8_t* rgb, size_t height, size_t width, size_t stride, Affine m, size_t out_h, size_t out_w,
+          bool pyramid, uint8_t* out) {
     long rows = static_cast<long>(height), cols = static_cast<long>(width);
     auto source = [&](long y, long x, int ch) { return static_cast<float>(rgb[static_cast<size_t>(y) * stride + static_cast<size_t>(x) * 3 + ch]); };
     std::vector<float> level;
     auto levels = [&](long y, long x, int ch) { return level[static_cast<size_t>((y * cols + x) * 3 + ch)]; };
-    bool pyramid = false;  // false: sample the uint8 source itself
-    while (std::sqrt(std::fabs(m.m00 * m.m11 - m.m01 * m.m10)) >= 2.0 && rows >= 2 && cols >= 2) {
-        std::vector<float> next = pyramid ? halve(levels, rows, cols) : halve(source, rows, cols);
+    bool halved = false;  // false: sample the uint8 source itself
+    while (pyramid && std::sqrt(std::fabs(m.m00 * m.m11 - m.m01 * m.m10)) >= 2.0 && rows >= 2 && cols >= 2) {
+        std::vector<float> next = halved ? halve(levels, rows, cols) : halve(source, rows, cols);
         level.swap(next);
         rows /= 2;
         cols /= 2;
-        pyramid = true;
+        halved = true;
         m = {m.m00 / 2, m.m01 / 2, m.m10 / 2, m.m11 / 2, (m.t0 - 0.5) / 2, (m.t1 - 0.5) / 2};
     }
-    if (pyramid) sample(levels, rows, cols, m, c, out);
-    else sample(source, rows, cols, m, c, out);
+    if (halved) sample(levels, rows, cols, m, out_h, out_w, out);
+    else sample(source, rows, cols, m, out_h, out_w, out);
+}
+
+void warp_face(const uint8_t* rgb, size_t height, size_t width, size_t stride, const double landmarks[10],
+               const Contract& c, uint8_t* out) {
+    warp(rgb, height, width, stride, output_to_image(landmarks, c), c.height, c.width, true, out);
+}
+
+void resize(const uint8_t* rgb, size_t height, size_t width, size_t stride, size_t out_h, size_t out_w, uint8_t* out) {
+    if (out_h == height && out_w == width) {
+        for (size_t y = 0; y < height; ++y) std::memcpy(out + y * width * 3, rgb + y * stride, width * 3);
+        return;
+    }
+    warp(rgb, height, width, stride, scale_map(height, width, out_h, out_w), out_h, out_w, true, out);
+}
+
+const char* landmark_problem(const double p[10]) {
+    double mean[2] = {0.0, 0.0}, largest = 1.0;
+    for (int i = 0; i < 10; ++i) {
+        if (!std::isfinite(p[i])) return "landmarks hold NaN or infinite values";
+        mean[i % 2] += p[i] / 5;
+        largest = std::max(largest, std::fabs(p[i]));
+    }
+    double xx = 0.0, xy = 0.0, yy = 0.0;  // X^T X of the centred points: its eigenvalues are the squared spreads
+    for (int i = 0; i < 5; ++i) {
+        const double dx = p[2 * i] - mean[0], dy = p[2 * i + 1] - mean[1];
+        xx += dx * dx;
+        xy += dx * dy;
+        yy += dy * dy;
+    }
+    const double half = (xx + yy) / 2, root = std::sqrt((xx - yy) * (xx - yy) / 4 + xy * xy);
+    const double major = std::sqrt(half + root), minor = std::sqrt(std::max(0.0, half - root));
+    if (major <= 1e-9 * largest) return "landmarks are all at one point: cannot align";
+    if (minor < kMinLandmarkFlatness * major) return "landmarks lie on one line (no face has that shape): cannot align";
+    return nullptr;
 }
 
 void normalize_crops(const uint8_t* rgb, size_t n, const Contract& contract, bool mirror, float* out) {

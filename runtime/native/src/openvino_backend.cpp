@@ -1,13 +1,13 @@
 // OpenVINO backend: reads ONNX (or IR), takes the contract from the ONNX metadata that the
 // ONNX frontend exposes as rt_info["framework"][key], and pools one infer request per
-// concurrent call.
+// concurrent call (ov_pool.hpp).
 #include <cstring>
-#include <mutex>
 #include <openvino/openvino.hpp>
 #include <vector>
 
 #include "backend.hpp"
 #include "error.hpp"
+#include "ov_pool.hpp"
 
 namespace qfsdk {
 namespace {
@@ -19,14 +19,14 @@ std::string dims_text(const ov::PartialShape& shape) { return shape.to_string();
 class OpenVinoBackend final : public Backend {
 public:
     OpenVinoBackend(ov::Core core, ov::CompiledModel compiled, size_t fixed_batch, const Contract& c)
-        : core_(std::move(core)), compiled_(std::move(compiled)), fixed_batch_(fixed_batch),
+        : core_(std::move(core)), pool_(std::move(compiled)), fixed_batch_(fixed_batch),
           height_(c.height), width_(c.width), embedding_size_(c.embedding_size) {}
 
     const char* name() const noexcept override { return "openvino"; }
     size_t fixed_batch() const noexcept override { return fixed_batch_; }
 
     void infer(const float* input, size_t n, float* output) override {
-        Lease lease(*this);
+        RequestPool::Lease lease(pool_);
         try {
             ov::Tensor tensor(ov::element::f32, ov::Shape{n, 3, height_, width_}, const_cast<float*>(input));
             lease.request.set_input_tensor(tensor);
@@ -42,37 +42,9 @@ public:
     }
 
 private:
-    // An idle infer request taken from the pool (or a new one), returned on scope exit.
-    struct Lease {
-        explicit Lease(OpenVinoBackend& owner) : owner(owner) {
-            {
-                std::lock_guard<std::mutex> lock(owner.mutex_);
-                if (!owner.idle_.empty()) {
-                    request = std::move(owner.idle_.back());
-                    owner.idle_.pop_back();
-                    return;
-                }
-            }
-            request = owner.compiled_.create_infer_request();
-        }
-        ~Lease() {
-            try {
-                std::lock_guard<std::mutex> lock(owner.mutex_);
-                owner.idle_.push_back(std::move(request));
-            } catch (...) {  // the request is dropped; the pool makes a new one next time
-            }
-        }
-        Lease(const Lease&) = delete;
-        Lease& operator=(const Lease&) = delete;
-        OpenVinoBackend& owner;
-        ov::InferRequest request;
-    };
-
     ov::Core core_;  // first member: destroyed last
-    ov::CompiledModel compiled_;
+    RequestPool pool_;
     size_t fixed_batch_, height_, width_, embedding_size_;
-    std::mutex mutex_;
-    std::vector<ov::InferRequest> idle_;
 };
 
 std::string contract_text(const std::shared_ptr<ov::Model>& model, const std::string& path) {

@@ -1,0 +1,58 @@
+"""Whether a quantized model's Q/DQ placement suits the backend it runs on.
+
+A placement made for another backend gives the same embeddings, only slower: ONNX Runtime's CPU
+kernels run a conv in int8 only when its output is quantized too (the ``onnxruntime`` placement),
+so a ``tensorrt``-placement file there runs float convs between Q/DQ pairs, often slower than the
+float model; OpenVINO and TensorRT run the ``tensorrt`` placement fastest. The placement is the
+``scheme`` of the ``qfsdk.quant_config`` metadata that ``qfsdk convert`` writes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .metadata import ENGINE_SUFFIXES, ModelFileError, read_onnx_metadata
+
+QUANT_CONFIG_KEY = "qfsdk.quant_config"
+ARCHITECTURE_KEY = "qfsdk.architecture"
+# placement scheme -> the backends it is made for (qfsdk.quant.schemes is the registry of schemes)
+MADE_FOR: dict[str, tuple[str, ...]] = {
+    "tensorrt": ("tensorrt", "openvino"),
+    "quantface": ("tensorrt", "openvino"),
+    "onnxruntime": ("onnxruntime",),
+}
+# backend -> (the scheme to calibrate a model for it with, what the wrong placement costs there)
+RIGHT_SCHEME: dict[str, tuple[str, str]] = {
+    "onnxruntime": ("onnxruntime", "ONNX Runtime runs its convs in float between the Q/DQ pairs, often slower "
+                                   "than the float model"),
+    "openvino": ("tensorrt", "OpenVINO runs the extra Q/DQ pairs on conv outputs, slower than the tensorrt placement"),
+    "tensorrt": ("tensorrt", "TensorRT cannot fuse Q/DQ on conv outputs and into PReLU, slower than the tensorrt placement"),
+}
+NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
+
+
+def placement_note(model_path: str | Path, backend: str) -> str | None:
+    """One line for a quantized ONNX file whose placement is made for another backend than
+    ``backend``, with the commands that make the right file; None when it fits (or is float,
+    or an engine, or carries no quantization metadata)."""
+    path = Path(model_path)
+    if path.suffix.lower() in ENGINE_SUFFIXES or backend not in RIGHT_SCHEME:
+        return None
+    try:
+        metadata = read_onnx_metadata(path)
+        config = json.loads(metadata[QUANT_CONFIG_KEY])
+        scheme = config["scheme"]
+        bits = f"W{int(config['weight_bits'])}A{int(config['act_bits'])}"
+    except (ModelFileError, KeyError, TypeError, ValueError):
+        return None  # not a qfsdk quantized file: nothing to say (the contract read reports real errors)
+    made_for = MADE_FOR.get(scheme)
+    if made_for is None or backend in made_for:
+        return None
+    right, cost = RIGHT_SCHEME[backend]
+    arch = metadata.get(ARCHITECTURE_KEY) or "NAME"
+    stem = f"{arch if arch != 'NAME' else 'model'}_{bits.lower()}_{right}"
+    return (f"{path}: {bits} with the {scheme} placement, made for {' and '.join(NAMES[b] for b in made_for)}; "
+            f"{cost}. For {NAMES[backend]}, make the file with `qfsdk calibrate --model {arch} ... --scheme {right} "
+            f"-o {stem}.safetensors` and `qfsdk convert {stem}.safetensors --target {backend} -o {stem}.onnx`"
+            f"{', or run this one on ' + ' or '.join(made_for[::-1]) if backend == 'onnxruntime' else ''}")
