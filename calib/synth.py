@@ -51,15 +51,8 @@ def _load_model(model_name: str, weights: str | Path | None) -> tuple[nn.Module,
     path = Path(weights) if weights is not None else (spec.default_weights() if spec.default_weights else None)
     if path is not None:
         return create(model_name, path), path
-    log.warning(
-        "%s has no weights: synthesising from a randomly initialised model (seed %d); "
-        "pass weights for images that match a trained model",
-        model_name,
-        RANDOM_INIT_SEED,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return create(model_name), None
+    with torch.random.fork_rng(devices=[]):  # create() warns that the images will match no trained model
+        return create(model_name, seed=RANDOM_INIT_SEED), None
 
 
 def _run_settings(

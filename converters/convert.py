@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -223,16 +224,55 @@ def float_twin(model: nn.Module, architecture: str) -> nn.Module:
     return float_model
 
 
+def float_input_layers(model: nn.Module) -> list[str]:
+    """The quantized convs/linears whose input no quantizer covers: no input quantizer of their own and
+    no producing module that quantizes its output (QuantFace quantizes PReLU/ReLU and add outputs, so
+    the stem, convs after a linear bottleneck and the embedding head read float)."""
+    from qfsdk.quant.graph import traced_graph
+    from qfsdk.quant.modules import WeightQuantizer
+
+    graph = traced_graph(model, "finding float layer inputs")
+    modules = dict(model.named_modules())
+
+    def covered(name: str) -> bool:
+        return any(getattr(modules[p], "output_quantizer", None) is not None for p in graph.producers.get(name, ()))
+
+    return [name for name in dict.fromkeys(graph.order)
+            if isinstance(getattr(modules[name], "weight_quantizer", None), WeightQuantizer)
+            and getattr(modules[name], "input_quantizer", "none") is None and not covered(name)]
+
+
+def quantize_float_inputs(model: nn.Module) -> list[str]:
+    """Give each of :func:`float_input_layers` a symmetric input quantizer (calibrate afterwards); their names."""
+    from qfsdk.quant.modules import ActQuantizer
+
+    config = card_of(model).quant_config
+    modules = dict(model.named_modules())
+    names = float_input_layers(model)
+    for name in names:
+        modules[name].input_quantizer = ActQuantizer(config.act_bits, symmetric=True, allow_unsigned=config.unsigned_acts)
+    return names
+
+
+def _listing(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def recalibrate_synthetic(model: nn.Module, source: Source, options: ConvertOptions) -> str:
-    """Re-fit the symmetric activation ranges on synthetic images made from the float twin."""
+    """Re-fit the symmetric activation ranges on synthetic images made from the float twin; layers whose
+    inputs the source left float get int8 inputs calibrated with them."""
     import qfsdk
     from qfsdk.calib.synth import synthetic_source
 
+    added = quantize_float_inputs(model) if is_symmetric(model) else []
     teacher = float_twin(source.model, source.architecture)
     data = synthetic_source(teacher, source.contract, options.num_images, seed=0, batch_size=min(32, options.num_images),
                             iterations=options.iterations, progress=True)
     qfsdk.calibrate(model, data, method="percentile")
-    return f"ranges re-fitted on {options.num_images} synthetic images (percentile)"
+    line = f"ranges re-fitted on {options.num_images} synthetic images (percentile)"
+    if added:
+        line += f"; {len(added)} layer inputs the source left float now int8 ({_listing(added)})"
+    return line
 
 
 # --recalibrate NAME -> the function re-fitting a deployable model's ranges (returns its report line).
@@ -316,6 +356,12 @@ def deployable_model(source: Source, target: Target, options: ConvertOptions, re
         if deployable is source.model:
             deployable = copy.deepcopy(source.model)
         report.lines.append("recalibrate:  " + RECALIBRATIONS[options.recalibrate](deployable, source, options))
+    if target.symmetric_only:
+        floating = float_input_layers(deployable)
+        if floating:
+            report.lines.append(f"float inputs: {len(floating)} layers ({_listing(floating)}) read float inputs: the source "
+                                "placed no quantizer there and TensorRT runs them unfused; --recalibrate synthetic "
+                                "gives them int8 inputs")
     return deployable
 
 
@@ -349,6 +395,21 @@ def write_quantized(source: Source, target: Target, path: Path, options: Convert
             report.fidelity["ONNX vs deployable PyTorch model"] = cosine_stats(deployable(probes).numpy(), onnx_out)
 
 
+PARITY_FLOOR = 0.9  # ONNX vs the PyTorch model it was exported from: rounding ties cost far less than this
+
+
+def check_fidelity(report: ConversionReport) -> None:
+    """Refuse (nothing written) an export whose own measurement is NaN or far from the model it came from."""
+    for name, stats in report.fidelity.items():
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise QfsdkError(f"{name}: the cosine is NaN on the probe images, so the model or its export computes NaN; "
+                             "nothing written: check the checkpoint's weights and ranges (recalibrate it)")
+    name = next((n for n in report.fidelity if "deployable" in n), next(iter(report.fidelity), None))
+    if name is not None and report.fidelity[name]["min"] < PARITY_FLOOR:
+        raise QfsdkError(f"{name}: min cosine {report.fidelity[name]['min']:.4f} < {PARITY_FLOOR} on the probe images: "
+                         "the export does not compute what the PyTorch model does; nothing written (a bug: please report it)")
+
+
 def check_for_target(path: Path, target: Target, options: ConvertOptions) -> list[Violation] | None:
     """``qfsdk check``'s violations for a TensorRT graph (None for other targets: the rules are
     TensorRT's); refuses a nonconforming graph unless ``allow_nonconforming``."""
@@ -377,5 +438,6 @@ def convert(text: str, output: str | Path, options: ConvertOptions) -> Conversio
             write_quantized(source, target, tmp, options, probes, reference, report)
         else:
             write_float(source, tmp, options, probes, reference, report)
+        check_fidelity(report)
         report.violations = check_for_target(tmp, target, options)
     return report

@@ -103,6 +103,8 @@ def rule_qdq_parameters(index: GraphIndex) -> Iterator[Violation]:
         scale = index.constant(node.input[1])
         if scale is None:
             yield Violation(_name(node), "constant-scale", f"scale '{node.input[1]}' is computed in the graph; TensorRT needs a constant")
+        elif not np.all(np.isfinite(scale)):
+            yield Violation(_name(node), "finite-scale", "scale holds NaN or infinity: recalibrate the model")
         elif np.any(scale <= 0):
             yield Violation(_name(node), "positive-scale", "scale has values <= 0")
         if len(node.input) < 3 or not node.input[2]:
@@ -150,6 +152,20 @@ def rule_weights(index: GraphIndex) -> Iterator[Violation]:
                 yield Violation(_name(node), "weight-axis", f"per-channel weight scale on axis {_axis(node)}; use axis 0 (output channels)")
 
 
+WEIGHT_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
+def rule_weight_feeds_its_op(index: GraphIndex) -> Iterator[Violation]:
+    for node in index.nodes:
+        if not _is_weight_dq(index, node):
+            continue
+        others = sorted({c.op_type for c in index.consumers.get(node.output[0], [])} - WEIGHT_OPS)
+        if others:
+            yield Violation(_name(node), "weight-into-op",
+                            f"the weight's DequantizeLinear feeds {', '.join(others)}; TensorRT fuses int8 weights only "
+                            "when it feeds the Conv/Gemm/MatMul itself: store the codes in the layout the op reads")
+
+
 def rule_no_qdq_into_prelu(index: GraphIndex) -> Iterator[Violation]:
     for node in index.nodes:
         if node.op_type == "PRelu" and index.producer_op(node.input[0]) == "DequantizeLinear":
@@ -195,6 +211,7 @@ RULES: dict[str, Callable[[GraphIndex], Iterator[Violation]]] = {
     "missing-zero-point": rule_missing_zero_point,
     "per-tensor-activations": rule_per_tensor_activations,
     "weights": rule_weights,
+    "weight-into-op": rule_weight_feeds_its_op,
     "prelu": rule_no_qdq_into_prelu,
     "one-dq-per-consumer": rule_one_dq_per_consumer,
     "dynamic-batch": rule_dynamic_batch,

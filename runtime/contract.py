@@ -9,6 +9,7 @@ JSON without one (files written before tasks existed) is an embedder's.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -117,8 +118,15 @@ class FaceContract(ModelContract):
             raise ValueError(f"channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need three values each, std > 0")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in (*self.mean, *self.std)) \
+                or min(self.std) <= 0:
+            raise ValueError(f"mean and std need three finite values each, std > 0; got mean {self.mean}, std {self.std}")
+        if len(self.input_size) != 2 or min(self.input_size) < 1 or self.embedding_size < 1:
+            raise ValueError(f"input_size needs two sizes >= 1 and embedding_size >= 1; got {self.input_size}, {self.embedding_size}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold}")
+        if self.template is not None and not all(math.isfinite(v) for point in self.template for v in point):
+            raise ValueError(f"template points must be finite, got {self.template!r}")
         if self.template is not None and (len(self.template) != 5 or any(len(p) != 2 for p in self.template)):
             raise ValueError(f"template needs five (x, y) points, got {self.template!r}")
         if self.template_fit not in TEMPLATE_FITS:

@@ -36,7 +36,11 @@ def contract_from_metadata(metadata: dict[str, str], source: str | Path) -> Mode
         raise ContractMissingError(
             f"{source}: no '{CONTRACT_KEY}' metadata; export the model with `qfsdk convert` so it carries its preprocessing contract"
         )
-    return contract_from_json(text)
+    try:
+        return contract_from_json(text)
+    except (ValueError, TypeError) as exc:  # broken JSON (a JSONDecodeError is a ValueError) or impossible values
+        raise ModelFileError(f"{source}: its '{CONTRACT_KEY}' metadata is not a valid contract ({exc}); "
+                             "re-export the model with `qfsdk convert` (or `qfsdk import`)") from None
 
 
 def _varint(buf: mmap.mmap, pos: int) -> tuple[int, int]:

@@ -88,9 +88,36 @@ def files(tmp_path_factory) -> dict[str, Path]:
     paths["no_architecture"] = rewrite_metadata(ckpt, root / "no_arch.safetensors", lambda m: {k: v for k, v in m.items() if k != "architecture"})
     paths["no_quant_config"] = rewrite_metadata(ckpt, root / "no_qc.safetensors", lambda m: {k: v for k, v in m.items() if k != "quant_config"})
     paths["bad_quant_config"] = rewrite_metadata(ckpt, root / "bad_qc.safetensors", lambda m: {**m, "quant_config": "{not json"})
+    paths["nan_range"] = _with_nan_range(ckpt, root / "nan_range.safetensors")
+    paths["nan_contract"] = _with_contract(model_onnx, root / "nan_contract.onnx", mean=[float("nan")] * 3)
+    paths["zero_std_contract"] = _with_contract(model_onnx, root / "zero_std.onnx", std=[0.0, 0.0, 0.0])
+    paths["broken_contract"] = _with_contract(model_onnx, root / "broken_contract.onnx", text="{not json")
     paths["few_pairs_bin"] = root / "few.bin"
     paths["few_pairs_bin"].write_bytes(pickle.dumps(([png_bytes(i) for i in range(10)], [True, False] * 2 + [True]), protocol=4))
     return paths
+
+
+def _with_nan_range(src: Path, dst: Path) -> Path:
+    """The checkpoint with one activation range set to NaN (an edited or diverged file)."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(src), framework="pt") as handle:
+        metadata = handle.metadata()
+    state = load_file(str(src))
+    key = next(k for k in state if k.endswith("input_quantizer.x_max"))
+    state[key] = state[key] * float("nan")
+    save_file(state, str(dst), metadata=metadata)
+    return dst
+
+
+def _with_contract(src: Path, dst: Path, text: str | None = None, **changes) -> Path:
+    """The ONNX file with its contract metadata edited (``changes``) or replaced by ``text``."""
+    model = onnx.load(src)
+    (entry,) = [p for p in model.metadata_props if p.key == "qfsdk.contract"]
+    entry.value = text if text is not None else json.dumps({**json.loads(entry.value), **changes})
+    onnx.save(model, dst)
+    return dst
 
 
 BAD = ("empty", "random", "png", "json_list")
@@ -98,7 +125,9 @@ BAD = ("empty", "random", "png", "json_list")
 MATRIX = {
     "check": ("check {bad}", BAD + ("truncated_onnx", "weights")),
     "bench": ("bench {bad} --repeats 1 --batch-size 1", BAD + ("truncated_onnx", "ckpt")),
-    "convert": ("convert {bad} -o {out}.onnx", BAD + ("truncated_ckpt", "truncated_pth", "no_architecture", "no_quant_config", "bad_quant_config")),
+    "convert": ("convert {bad} -o {out}.onnx", BAD + ("truncated_ckpt", "truncated_pth", "no_architecture", "no_quant_config",
+                                                  "bad_quant_config", "nan_range")),
+    "embed": ("embed {bad} {faces} --aligned -o {out}.npz", BAD + ("truncated_onnx", "nan_contract", "zero_std_contract", "broken_contract")),
     "convert-fp32": ("convert {bad} --fp32 --model mobilefacenet -o {out}.onnx", BAD + ("truncated_pth", "truncated_ckpt")),
     "eval-model": ("eval {bad} --bin {bad}", BAD + ("truncated_ckpt", "truncated_onnx", "no_architecture", "bad_quant_config")),
     "eval-bin": ("eval {onnx} --bin {bad}", BAD + ("few_pairs_bin",)),
@@ -177,8 +206,11 @@ def test_checkpoint_without_extension_converts_and_evaluates(files, tmp_path):
     ("calibrate --model mobilefacenet --weights {weights} --data {faces} -o {weights}", "weights"),
     ("qat --model mobilefacenet --weights {weights} --data {faces} --steps 1 -o {weights}", "weights"),
     ("import {onnx} -o {onnx}", "onnx"),
+    ("embed {onnx} {faces} --aligned -o {onnx}", "onnx"),
+    ("embed {onnx} {faces}/0.png --aligned -o {faces}/0.png", "face"),
 ])
 def test_output_equal_to_an_input_is_refused_before_any_work(files, argv, input_key):
+    files = {**files, "face": files["faces"] / "0.png"}
     before = digest(files[input_key])
     result = run_cli(*argv.format(**files).split())
     line = assert_one_line_refusal(result, files[input_key].name)

@@ -18,7 +18,7 @@ from qfsdk.converters.graph_check import check_model
 
 def build_graph(path: Path, *, zp_dtype=np.int8, zp_value=0, act_scale=(0.02,), prelu_after_dq=False,
                 computed_scale=False, batch="N", opset=17, weight_dtype=np.int8, weight_axis=0, input_zero_point=True,
-                computed_zero_point=False, shared_dq=False, plugin=None) -> Path:
+                computed_zero_point=False, shared_dq=False, plugin=None, weight_transpose=False) -> Path:
     """Input -> Q/DQ -> Conv (int8 weights -> DQ axis 0) -> [qfsdk::FakeQuantize with ``plugin``'s attributes]
     -> PRelu -> output, with one defect switched on."""
     rng = np.random.default_rng(0)
@@ -52,16 +52,19 @@ def build_graph(path: Path, *, zp_dtype=np.int8, zp_value=0, act_scale=(0.02,), 
         helper.make_node("DequantizeLinear", ["w_codes", "w_scale", *weight_zero_point], ["w"], name="weight_dq",
                          axis=weight_axis),
     ]
+    if weight_transpose:  # int8 -> DequantizeLinear -> Transpose -> op: what a bias-free Linear exported as
+        nodes.append(helper.make_node("Transpose", ["w"], ["w_t"], name="weight_t", perm=[0, 1, 2, 3]))
+    weight = "w_t" if weight_transpose else "w"
     outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, [batch, 4, 8, 8])]
     if shared_dq:
         nodes.append(helper.make_node("Relu", ["xdq"], ["side"], name="side"))
         outputs.append(helper.make_tensor_value_info("side", TensorProto.FLOAT, [batch, 3, 8, 8]))
     if prelu_after_dq:
         nodes += [helper.make_node("PRelu", ["xdq", "slope3"], ["xp"], name="prelu_in"),
-                  helper.make_node("Conv", ["xp", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])]
+                  helper.make_node("Conv", ["xp", weight], ["y"], name="conv", pads=[1, 1, 1, 1])]
         inits.append(numpy_helper.from_array(np.full((3, 1, 1), 0.25, np.float32), "slope3"))
     else:
-        nodes.append(helper.make_node("Conv", ["xdq", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Conv", ["xdq", weight], ["y"], name="conv", pads=[1, 1, 1, 1]))
     opsets = [helper.make_opsetid("", opset)]
     if plugin is not None:
         nodes.append(helper.make_node("FakeQuantize", ["y"], ["yf"], name="fake_quant", domain="qfsdk", **plugin))
@@ -104,11 +107,13 @@ DEFECTS = [
     pytest.param({"batch": 1}, "dynamic-batch", "x", id="fixed-batch"),
     pytest.param({"opset": 16}, "opset", "model", id="opset-16"),
     pytest.param({"act_scale": (-0.02,)}, "positive-scale", "input_q", id="negative-scale"),
+    pytest.param({"act_scale": (float("nan"),)}, "finite-scale", "input_q", id="nan-scale"),
     pytest.param({"computed_zero_point": True}, "constant-zero-point", "input_q", id="computed-zero-point"),
     pytest.param({"input_zero_point": False}, "int8-zero-point", "input_q", id="no-zero-point"),
     pytest.param({"weight_dtype": np.int32}, "int8-weights", "weight_dq", id="int32-weights"),
     pytest.param({"weight_axis": 1}, "weight-axis", "weight_dq", id="weight-scale-on-axis-1"),
     pytest.param({"shared_dq": True}, "one-dq-per-consumer", "input_dq", id="shared-dequantize"),
+    pytest.param({"weight_transpose": True}, "weight-into-op", "weight_dq", id="weight-dq-into-transpose"),
     pytest.param({"plugin": {"scale": 0.05}}, "plugin-attributes", "fake_quant", id="plugin-without-attributes"),
     pytest.param({"plugin": {**PLUGIN, "scale": 0.0}}, "positive-scale", "fake_quant", id="plugin-zero-scale"),
 ]
@@ -135,3 +140,23 @@ def test_not_an_onnx_file(tmp_path):
     path.write_bytes(b"not a protobuf at all \x00\xff")
     result = run_check(path)
     assert result.exit_code == 1 and "not an ONNX model" in result.output and str(path) in result.output
+
+
+def test_a_bias_free_linear_exports_with_its_weight_feeding_gemm(tmp_path):
+    """MobileFaceNet's ``output_layer.linear`` has no bias: its int8 weight's DequantizeLinear feeds a Gemm
+    (transB), not a Transpose -> MatMul that TensorRT cannot fuse; the export passes check."""
+    import torch
+
+    import qfsdk
+    from qfsdk.converters import export_quantized
+    from qfsdk.models import create
+
+    model = create("mobilefacenet", seed=0)
+    assert model.output_layer.linear.bias is None
+    quantized = qfsdk.calibrate(qfsdk.quantize(model, "w8a8"), torch.randn(4, 3, 112, 112, generator=torch.Generator().manual_seed(0)))
+    path = export_quantized(quantized, tmp_path / "mfn.onnx")
+    graph = onnx.load(path).graph
+    index = graph_check.GraphIndex.build(onnx.load(path))
+    weight_dqs = [n for n in graph.node if n.op_type == "DequantizeLinear" and index.constant(n.input[0]) is not None]
+    assert {c.op_type for n in weight_dqs for c in index.consumers[n.output[0]]} == {"Conv", "Gemm"}
+    assert check_model(path) == []

@@ -108,7 +108,9 @@ def test_recommendation_meets_the_budget_when_applied_with_calibrate(fidelity_ru
     # Apply the written config as a user would, on the data QUANT was calibrated on (passed as --calib-data).
     out = tmp_path / "mixed.safetensors"
     config = folder / "recommended_config.json"
-    argv = ["calibrate", "--model", "dlib_resnet", "--data", str(calib_folder), "--config", str(config), "--method", "minmax"]
+    # --recipe ranges: the search measured each candidate with activation ranges alone (no default reconstruct at 6 bits)
+    argv = ["calibrate", "--model", "dlib_resnet", "--data", str(calib_folder), "--config", str(config), "--method", "minmax",
+            "--recipe", "ranges"]
     result = CliRunner().invoke(main, [*argv, "-o", str(out)])
     assert result.exit_code == 0, result.output
     mixed = qfsdk.load(out)

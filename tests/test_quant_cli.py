@@ -44,6 +44,19 @@ def test_calibrate_from_folder_writes_a_loadable_checkpoint(tmp_path, face_folde
     assert model.quant_config.weight_bits == 8 and model.calibration["images"] == 12
 
 
+def test_random_weights_are_said_on_stderr_and_recorded(tmp_path, face_folder):
+    out = tmp_path / "random.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(QFSDK + ["calibrate", "--model", "mobilefacenet", "--data", str(face_folder), "--seed", "3", "-o", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "mobilefacenet has random weights (seed 3)" in done.stderr and "--weights FILE" in done.stderr
+    assert "random weights (seed 3)" in done.stdout
+    from qfsdk.quant.checkpoint import read_metadata
+
+    assert read_metadata(out)["weights"] == "random weights (seed 3)"
+
+
 def test_calibrate_with_the_onnxruntime_placement_reloads(tmp_path, face_folder):
     """The conv -> BatchNorm pairs are traced again on load, so the checkpoint fits the rebuilt model."""
     out = tmp_path / "mfn_ort.safetensors"
@@ -90,6 +103,22 @@ def test_a_recipe_with_step_options_is_saved_and_printed_by_convert(tmp_path, fa
 def _qat_args(face_folder, out, steps, every=1):
     return ["qat", "--model", "mobilefacenet", "--data", str(face_folder), "--bits", "w4a4", "--steps", str(steps),
             "--batch-size", "4", "--freeze-bn", "--lr", "0.02", "--checkpoint-every", str(every), "-o", str(out)]
+
+
+def test_resume_with_other_quantization_settings_is_refused_and_writes_nothing(tmp_path, face_folder):
+    """A W4A4 state must not continue as W6A6 (it would write one and report the other's cosine)."""
+    out = tmp_path / "m.safetensors"
+    first = run_cli(*_qat_args(face_folder, out, 2))
+    assert first.exit_code == 0, first.output
+    written = out.read_bytes()
+    state = out.with_name("m.qat-state.safetensors").read_bytes()
+    args = _qat_args(face_folder, out, 4)
+    args[args.index("--bits") + 1] = "w6a6"
+    resumed = run_cli(*args, "--resume")
+    assert resumed.exit_code == 1, resumed.output
+    assert "other quantization settings" in resumed.output and "act_bits 4 -> 6" in resumed.output
+    assert resumed.output.strip().count("\n") == 0
+    assert out.read_bytes() == written and out.with_name("m.qat-state.safetensors").read_bytes() == state
 
 
 def test_qat_killed_with_sigkill_resumes_to_the_same_result(tmp_path, face_folder):

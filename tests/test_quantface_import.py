@@ -7,6 +7,7 @@ import pickle
 import re
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -91,6 +92,13 @@ def test_tensorrt_target_is_symmetric_and_recalibration_reduces_the_loss(checkpo
                                         "--recalibrate", "synthetic", "--num-images", "8", "--iterations", "20"])
     assert recalibrated.exit_code == 0, recalibrated.output
     assert _source_loss(recalibrated.output) > _source_loss(widened.output)
+    # The reference left the stem, the convs after a linear bottleneck and the head reading float inputs:
+    # the widened export says so, the recalibrated one quantizes them (every Conv/Gemm reads int8).
+    assert re.search(r"float inputs: \d+ layers \(conv1", widened.output), widened.output
+    assert "float inputs:" not in recalibrated.output and "left float now int8" in recalibrated.output
+    graph = onnx.load(str(tmp_path / "b.onnx")).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    assert all(made_by.get(node.input[0]) == "DequantizeLinear" for node in graph.node if node.op_type in ("Conv", "Gemm"))
 
 
 class _Payload:

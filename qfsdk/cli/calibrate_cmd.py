@@ -43,6 +43,7 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     from qfsdk.calib.sources import open_source
     from qfsdk.quant.observers import make_observer
     from qfsdk.models import create
+    from qfsdk.models.card import card_of
     from qfsdk.quant.algorithms import best_recipe, parse_recipe, recipe_text
     from qfsdk.quant.api import check_config
 
@@ -51,8 +52,7 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
     make_observer(method, 8)  # validates the method and the recipe before any work
     steps = parse_recipe(recipe) if recipe is not None else list(best_recipe(config.weight_bits))
-    torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
-    model = create(model_name, weights=weights)
+    model = create(model_name, weights=weights, seed=seed)
     check_config(model, config)
     data, description = open_source(source, model, num_images=num_images, seed=seed,
                                     batch_size=batch_size, iterations=iterations, progress=True)
@@ -61,8 +61,8 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     with torch.no_grad():
         batch = next(iter(data))
         cosine = torch.nn.functional.cosine_similarity(quantized(batch), model(batch)).min().item()
-    qfsdk.save_quantized(quantized, output, extra={"data": description, "weights": str(weights or "default")})
-    click.echo(f"calibrated {model_name} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}, {method}, "
+    qfsdk.save_quantized(quantized, output, extra={"data": description})
+    click.echo(f"calibrated {model_name}, {card_of(model).weights} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}, {method}, "
                f"recipe {recipe_text(steps)}) on {description}")
     click.echo(f"quantized vs float on a calibration batch: min cosine {cosine:.5f}")
     click.echo(f"wrote {output}")

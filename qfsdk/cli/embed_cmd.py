@@ -8,10 +8,11 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
+from qfsdk.cli.common import check_output
+from qfsdk.cli.embed_detect import photo_options
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
 from qfsdk.runtime.backends import BACKENDS
-from qfsdk.cli.embed_detect import photo_options
 from qfsdk.runtime.batch_embed import embed_files
 from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.images import collect_images, read_landmarks
@@ -79,6 +80,7 @@ def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: boo
     files = collect_images(paths)
     if not files:
         raise QfsdkError(f"no image files in {', '.join(map(str, paths))}")
+    check_output(output, model, landmarks_file, *files)
     if detect:
         from qfsdk.cli.embed_detect import embed_detected
 

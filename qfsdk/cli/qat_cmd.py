@@ -95,8 +95,7 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     config = build_config(bits, scheme, keep_8bit, config_file)
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,
                            validation_images=validation_images, validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed)
-    torch.manual_seed(seed)  # a randomly initialised zoo model is reproducible too
-    teacher = create(model_name, weights=weights)
+    teacher = create(model_name, weights=weights, seed=seed)
     check_config(teacher, config)
 
     folder = prepare_data_dir(data, output, model_name, weights, num_images, seed, iterations)

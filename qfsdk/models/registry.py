@@ -83,12 +83,14 @@ def get_spec(name: str) -> ModelSpec:
     raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(names())}, or the .onnx file of `qfsdk import`)")
 
 
-def create(name: str, weights: str | Path | None = None, *, pretrained: bool = True) -> nn.Module:
+def create(name: str, weights: str | Path | None = None, *, pretrained: bool = True, seed: int | None = None) -> nn.Module:
     """Build model ``name`` in eval mode.
 
     ``weights`` is a checkpoint file (``.pth``/``.pt``, ``.safetensors`` or the model's native
     format). Without it, a model whose pretrained weights ship in an installed package (dlib)
-    loads those unless ``pretrained=False``; other models start randomly initialised.
+    loads those unless ``pretrained=False``; other models start randomly initialised (from ``seed``
+    when given), recorded as the card's weights and, unless ``pretrained=False`` asked for it, logged
+    as a warning every time.
     The model carries a :class:`~qfsdk.models.card.ModelCard` (zoo name, preprocessing contract,
     weights source), also readable as ``model.contract`` and ``model.arch``.
     """
@@ -99,13 +101,18 @@ def create(name: str, weights: str | Path | None = None, *, pretrained: bool = T
         if weights is not None:
             raise ConfigError(f"{name} carries its own weights: drop the weights file ({weights})")
         return spec.build().eval()
-    model = spec.build()
     if weights is None and pretrained and spec.default_weights is not None:
         weights = spec.default_weights()
+    if weights is None and seed is not None:
+        torch.manual_seed(seed)  # the random initialisation is reproducible
+    model = spec.build()
     if weights is not None:
         load_weights(model, weights, spec)
         log.info("%s: loaded weights from %s", name, weights)
+        source = str(weights)
     else:
-        log.info("%s: randomly initialised (pass weights=... for a pretrained model)", name)
-    source = str(weights) if weights is not None else "random"
+        source = f"random weights (seed {seed})" if seed is not None else "random weights (unseeded)"
+        report = log.warning if pretrained else log.debug  # pretrained=False: a skeleton whose weights load next
+        report("%s has %s: pass --weights FILE (weights=...) for a trained model; results say nothing about real fidelity",
+                    name, source)
     return attach_card(model, ModelCard(name, spec.contract, weights=source)).eval()

@@ -96,6 +96,7 @@ def save_quantized(model: nn.Module, path: str | Path, extra: dict[str, Any] | N
         "format": FORMAT,
         "qfsdk_version": __version__,
         "architecture": card.architecture,
+        "weights": card.weights,  # where the float weights came from ("random weights (seed 0)" says it)
         "rebuild": json.dumps(spec, sort_keys=True),
         "quant_config": config.to_json(),
         "contract": card.contract.to_json(),
@@ -141,6 +142,10 @@ def load(path: str | Path) -> nn.Module:
         raise CheckpointError(f"{path}: rebuilding a {spec.get('kind')!r} model needs its builder registered "
                               f"(known: {', '.join(BUILDERS)})")
     state = load_file(str(path))
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} tensor(s) hold NaN or infinity ({', '.join(broken[:3])}); "
+                              "the file is damaged or was trained into divergence: calibrate or train it again")
     payload = {k[len(PAYLOAD_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(PAYLOAD_PREFIX)]}
     model = quantize(BUILDERS[spec["kind"]].rebuild(spec, payload), QuantConfig.from_json(metadata["quant_config"]))
     prepare_optional_state(model, state)
@@ -148,5 +153,7 @@ def load(path: str | Path) -> nn.Module:
     if problems:
         raise CheckpointError(f"{path}: does not fit {metadata['architecture']} with its stored config: {problems}")
     model.load_state_dict(state, strict=True)
-    card_of(model).calibration = json.loads(metadata.get("calibration", "null"))
+    card = card_of(model)
+    card.calibration = json.loads(metadata.get("calibration", "null"))
+    card.weights = metadata.get("weights", card.weights)
     return model.eval()

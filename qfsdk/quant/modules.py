@@ -9,6 +9,7 @@ fake-quantizing, so what PyTorch computes and what the ONNX file stores come fro
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, Mapping
 
 import torch
@@ -86,6 +87,11 @@ class ActQuantizer(Quantizer):
         return self.amax.clamp_min(EPS) / self.levels()[1]
 
     def set_range(self, x_min: float, x_max: float) -> None:
+        if not (math.isfinite(x_min) and math.isfinite(x_max)):
+            from qfsdk.errors import QfsdkError
+
+            raise QfsdkError(f"an activation range came out as [{x_min}, {x_max}]: the calibration images or the model's "
+                             "weights hold NaN or infinity; check both (qfsdk eval --fidelity on the float model)")
         self.x_min.fill_(min(x_min, 0.0))
         self.x_max.fill_(max(x_max, 0.0))
         self.has_range.fill_(True)
@@ -297,7 +303,12 @@ class QuantLinearMixin(WeightedQuantMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, weight = self.quantized_operands(x)
-        return F.linear(x, weight, self.bias)
+        bias = self.bias
+        if bias is None and self.weight_quantizer.export_as is not None:
+            # A bias-free linear exports as DequantizeLinear -> Transpose -> MatMul, which TensorRT cannot fuse;
+            # a zero bias makes it Gemm(transB=1) with the weight's DequantizeLinear feeding it directly.
+            bias = torch.zeros(self.out_features, dtype=x.dtype)
+        return F.linear(x, weight, bias)
 
 
 class QuantAddMixin(QuantModule):

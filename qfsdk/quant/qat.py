@@ -211,6 +211,7 @@ class QATRun:
             "format": STATE_FORMAT,
             "step": str(self.step),
             "settings": json.dumps(asdict(self.settings)),
+            "quant_config": quant_config_of(self.student).to_json(),
             "world_size": str(self.world),
             "range_warmup": str(self.range_warmup),
             "history": json.dumps(self.history),
@@ -236,6 +237,7 @@ class QATRun:
         changed = sorted(k for k in current if k != "steps" and saved.get(k) != current[k])
         if changed:
             raise ConfigError(f"{path}: was trained with different settings ({', '.join(changed)}); resume with the same ones")
+        self._check_quant_config(path, metadata.get("quant_config"))
         self.student.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         for index, param in enumerate(self.params):
             buffer = tensors.get(f"optim.{index}.momentum_buffer")
@@ -248,6 +250,19 @@ class QATRun:
         if best:
             self.best = {**best, "state": {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}}
         log.info("resumed QAT from %s at step %d", path, self.step)
+
+    def _check_quant_config(self, path: Path, saved_json: str | None) -> None:
+        """A state resumes only into the quantization it was trained with (bits, scheme, overrides...)."""
+        if saved_json is None:
+            raise ConfigError(f"{path}: this QAT state does not record its quantization settings (an older qfsdk wrote it), "
+                              "so resuming could mix two configurations; run without --resume")
+        saved = json.loads(saved_json)
+        current = json.loads(quant_config_of(self.student).to_json())
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if changed:
+            details = ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            raise ConfigError(f"{path}: was trained with other quantization settings ({details}); "
+                              "resume with the same --bits/--scheme/--keep-8bit/--config, or run without --resume")
 
     # -- validation ----------------------------------------------------------------------
     def validate(self) -> float | None:

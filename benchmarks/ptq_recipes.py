@@ -1,0 +1,106 @@
+"""PTQ recipes x models x bit widths from synthetic data only, scored on real faces: what picks the default.
+
+    python benchmarks/ptq_recipes.py                                   # every model, bits and recipe below
+    python benchmarks/ptq_recipes.py --models dlib_resnet --bits w4a8 \\
+        --recipes ranges ranges,reconstruct --work /tmp/ptq                # one cell
+
+Prints one JSON document. Per model, 64 synthetic images are made once from the model itself
+(``qfsdk synth``'s ``auto`` inversion, seed 0) and kept in ``--work``, so reruns reuse them and
+every recipe sees the same images. No real face is used for calibration or reconstruction. Each
+(bits, recipe) is run through ``qfsdk.calibrate`` with percentile ranges and scored in PyTorch
+(fake quantization: the ONNX export reproduces it, see ``benchmarks/export_real.py``): minimum and
+mean cosine vs the float model over real faces (dlib_resnet: its 12 real chips; SFace and
+fr_feature: the 10 scoring crops of ``tests/real_models.crop_halves``, the half the peers of
+``benchmarks/peers.py`` are scored on), and the recipe's wall-clock seconds on ``--threads`` threads (synthesis excluded).
+``default`` marks the recipe ``qfsdk calibrate`` runs at those bits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # real_models, face_photos: registry models, crops and chips
+
+import qfsdk  # noqa: E402
+from qfsdk.calib.sources import open_source  # noqa: E402
+from qfsdk.calib.synth import synthesize  # noqa: E402
+from qfsdk.models import create  # noqa: E402
+from qfsdk.quant.algorithms import best_recipe, parse_recipe, recipe_text  # noqa: E402
+from qfsdk.quant.config import preset  # noqa: E402
+
+SYNTHETIC_IMAGES = 64
+MODELS = ("dlib_resnet", "sface", "fr_feature")
+BITS = ("w8a8", "w6a6", "w4a8")
+RECIPES = ("ranges", "ranges,bias_correction", "equalize,ranges,bias_correction", "ranges,reconstruct",
+           "ranges,reconstruct:ranges=false")
+
+
+def float_model(name: str, work: Path) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The float model (an imported ONNX for the registry models) and its real scoring faces, preprocessed."""
+    if name == "dlib_resnet":
+        from face_photos import face_chips
+
+        model = create(name)
+        return model, torch.from_numpy(model.contract.preprocess(np.stack(face_chips())))
+    from qfsdk.converters.onnx_import import ImportOptions, import_onnx
+    from real_models import REAL_MODELS, crop_halves
+
+    real = REAL_MODELS[name]
+    imported = work / f"{name}_float.onnx"
+    if not imported.is_file():
+        import_onnx(real.onnx(), imported, ImportOptions(mean=(real.mean,) * 3, std=(real.std,) * 3))
+    model = create(str(imported))
+    _, scoring = crop_halves()
+    return model, torch.from_numpy(model.contract.preprocess(np.stack([crop for _, crop in scoring])))
+
+
+def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch.Tensor, bits: str, recipe: str) -> dict:
+    steps = parse_recipe(recipe)
+    start = time.perf_counter()
+    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), bits), data, method="percentile", algorithm=steps)
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        cosines = torch.nn.functional.cosine_similarity(quantized(faces), reference)
+    default = list(best_recipe(preset(bits).weight_bits))
+    return {"recipe": recipe_text(steps), "default": steps == default, "min_cosine": round(float(cosines.min()), 5),
+            "mean_cosine": round(float(cosines.mean()), 5), "seconds": round(seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--bits", nargs="+", default=list(BITS))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help="each a `qfsdk calibrate --recipe` value")
+    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "ptq-recipes", help="imports and synthetic images")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
+              "synthetic_images": SYNTHETIC_IMAGES, "models": {}}
+    for name in args.models:
+        model, faces = float_model(name, args.work)
+        synthetic = args.work / f"{name}_synthetic"
+        source = name if name == "dlib_resnet" else str(args.work / f"{name}_float.onnx")
+        synthesize(source, synthetic, SYNTHETIC_IMAGES, seed=0)  # a complete dataset is reused as it is
+        data, _ = open_source(synthetic, model)
+        with torch.no_grad():
+            reference = model(faces)
+        rows = [dict(bits=bits, **run_cell(model, data, faces, reference, bits, recipe)) for bits in args.bits for recipe in args.recipes]
+        result["models"][name] = rows
+        print(json.dumps({name: rows}), file=sys.stderr, flush=True)  # progress: one model at a time
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
