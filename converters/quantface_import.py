@@ -158,11 +158,19 @@ def _is_block_wrapper(node: PickledModule) -> bool:
     )
 
 
-def _walk(node: PickledModule, prefix: str) -> Iterator[tuple[str, PickledModule, str]]:
+MAX_DEPTH = 32  # QuantFace's models nest 5 deep; a deeper record is not one of them
+
+
+def _walk(node: PickledModule, prefix: str, ancestors: tuple[int, ...] = ()) -> Iterator[tuple[str, PickledModule, str]]:
     """(qfsdk module name, recorded module, role) for every module, mapping QuantFace's wrappers."""
+    if id(node) in ancestors:
+        raise CheckpointError(f"module '{prefix}' contains itself (a module cycle): not a QuantFace model")
+    if len(ancestors) > MAX_DEPTH:
+        raise CheckpointError(f"modules nested deeper than {MAX_DEPTH} at '{prefix}': not a QuantFace model")
+    ancestors = (*ancestors, id(node))
     if _is_block_wrapper(node):
         children = node.children()
-        yield from _walk(children["0"], prefix)
+        yield from _walk(children["0"], prefix, ancestors)
         yield f"{prefix}.add.output_quantizer", children["1"], "act"
         return
     if node.reference == f"{QUANT_MODULES}.QuantActPreLu":
@@ -174,7 +182,7 @@ def _walk(node: PickledModule, prefix: str) -> Iterator[tuple[str, PickledModule
     yield prefix, node, "module"
     for name, child in node.children().items():
         if child is not None:
-            yield from _walk(child, f"{prefix}.{name}" if prefix else name)
+            yield from _walk(child, f"{prefix}.{name}" if prefix else name, ancestors)
 
 
 def _state_and_bits(root: PickledModule) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, int]]]:
@@ -225,8 +233,11 @@ def import_quantface(path: str | Path) -> ImportedQuantFace:
     path = Path(path)
     root = read_quantface_pickle(path)
     architecture = _architecture(root, path)
-    state, bits = _state_and_bits(root)
-    config = _config(bits)
+    try:
+        state, bits = _state_and_bits(root)
+        config = _config(bits)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     model = qfsdk.quantize(create(architecture, pretrained=False), config)
     problems = describe_mismatch(model, state)
     if problems:

@@ -325,3 +325,28 @@ def test_a_rerun_after_kill_9_removes_stale_partials_and_respects_the_umask(file
     assert done.returncode == 0, done.stderr
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*.partial"))
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_external_data_outside_the_models_folder_is_refused_in_one_line(files, tmp_path, backend):
+    """An edited ONNX whose weights point at ``../secret.bin``: the backends refuse to read outside the
+    model's folder, and embed says so in one line naming the file."""
+    pytest.importorskip(backend)
+    from onnx import numpy_helper
+
+    model = onnx.load(files["onnx"])
+    initializer = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    values = numpy_helper.to_array(initializer)
+    (tmp_path / "secret.bin").write_bytes(values.tobytes())
+    initializer.ClearField("raw_data")
+    initializer.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", str(values.nbytes))):
+        entry = initializer.external_data.add()
+        entry.key, entry.value = key, value
+    (tmp_path / "model").mkdir()
+    path = tmp_path / "model" / "edited.onnx"
+    onnx.save(model, path)
+    result = run_cli("embed", path, files["faces"], "--aligned", "--backend", backend, "-o", tmp_path / "out.npz")
+    line = assert_one_line_refusal(result, "edited.onnx")
+    assert "cannot load this model" in line
+    assert not (tmp_path / "out.npz").exists()

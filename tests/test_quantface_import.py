@@ -125,3 +125,21 @@ def test_plain_pickle_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"weights": [1, 2, 3], "fn": print}, protocol=2))
     result = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "out.onnx")])
     assert result.exit_code == 1 and str(path) in result.output
+
+
+@pytest.mark.parametrize("damage", ["module cycle", "missing layer"])
+def test_malformed_quantface_pickles_are_refused_in_one_line(checkpoints, tmp_path, damage):
+    """A QuantFace-shaped pickle whose module tree loops back on itself, or lacks a layer: one line, no file."""
+    model = reference_model("mobilefacenet", "mobilefacenet", 8, 8)
+    first = next(name for name, _ in model.named_children())
+    if damage == "module cycle":
+        getattr(model, first).add_module("loop", model)
+    else:
+        delattr(model, first)
+    path = tmp_path / "damaged.pth"
+    torch.save(model, path)
+    result = CliRunner().invoke(main, ["convert", str(path), "-o", str(tmp_path / "out.onnx")])
+    assert result.exit_code == 1, result.output
+    assert str(path) in result.output and "Traceback" not in result.output
+    assert result.output.strip().count("\n") == 0, result.output
+    assert not (tmp_path / "out.onnx").exists()

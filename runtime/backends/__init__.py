@@ -9,8 +9,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..metadata import ENGINE_SUFFIXES
+from ..errors import ConfigError, QfsdkError
+from ..metadata import ENGINE_SUFFIXES, ModelFileError
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -47,4 +47,10 @@ def open_backend(path: str | Path, name: str = "auto", *, threads: int | None = 
         raise ConfigError(f"unknown backend {name!r}; choose auto or one of {sorted(BACKENDS)}")
     module_name, attr = target.split(":")
     backend_class = getattr(importlib.import_module(module_name), attr)
-    return backend_class(path, threads=threads, **options)
+    try:
+        return backend_class(path, threads=threads, **options)
+    except QfsdkError:
+        raise
+    except RuntimeError as exc:  # the backend could not read the file (ONNX Runtime's and OpenVINO's errors are these)
+        reason = next((line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
+        raise ModelFileError(f"{path}: {name} cannot load this model ({reason}); re-export it, or try another --backend") from None

@@ -35,7 +35,12 @@ class OrtBackend(Backend):
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
         chosen = list(providers) if providers else [p for p in PROVIDERS if p in available]
-        self._session = ort.InferenceSession(str(path), options, providers=chosen)
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=chosen)
+        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidGraph, ...) derive from Exception
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise RuntimeError(str(exc)) from None  # open_backend turns it into one line naming the file
         log.info("onnxruntime providers: %s", self._session.get_providers())
         self.inputs = tuple(_tensor_info(arg) for arg in self._session.get_inputs())
         self.outputs = tuple(_tensor_info(arg) for arg in self._session.get_outputs())
