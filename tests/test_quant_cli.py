@@ -170,7 +170,7 @@ def test_qat_runs_under_torchrun_with_two_cpu_processes(tmp_path, face_folder):
 def test_calibrate_synthetic_needs_no_real_data(tmp_path):
     out = tmp_path / "mfn.safetensors"
     result = run_cli("calibrate", "--synthetic", "--model", "mobilefacenet", "--num-images", "4", "--iterations", "2",
-                     "--batch-size", "4", "--bits", "w6a6", "-o", out)
+                     "--batch-size", "4", "--bits", "w6a6", "--recipe", "ranges,reconstruct:iterations=2", "-o", out)
     assert result.exit_code == 0, result.output
     assert "synthetic images generated on the fly" in result.output
     assert qfsdk.load(out).calibration["images"] == 4

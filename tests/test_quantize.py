@@ -149,7 +149,7 @@ def test_save_and_load_round_trip(tmp_path, mfn):
     path = qfsdk.save_quantized(model, tmp_path / "mfn_w6a6.safetensors")
     loaded = qfsdk.load(path)
     assert loaded.quant_config == model.quant_config
-    assert loaded.calibration == {"method": "mse", "images": 8}
+    assert loaded.calibration == {"method": "mse", "images": 8, "algorithm": [{"name": "ranges"}]}
     with torch.no_grad():
         assert torch.equal(loaded(images(2, 3)), model(images(2, 3)))
     assert b"__reduce__" not in path.read_bytes()[:1000]
