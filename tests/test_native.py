@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ NATIVE = REPO / "runtime" / "native"
 sys.path.insert(0, str(NATIVE / "python"))
 
 from qfsdk_native import NativeError  # noqa: E402
+from memcheck import assert_memcheck_clean  # noqa: E402
 
 MIN_COSINE = 0.9999
 TINY_SIZE = (16, 20)  # height, width: not square, so swapped axes show
@@ -337,17 +337,7 @@ def test_landmarks_need_a_template(lib, tmp_path):
     [("aligned", 1000), ("landmarks", 200)],  # landmarks: a 120x140 image through a 2-level pyramid
 )
 def test_valgrind_no_leaks_or_invalid_accesses(native_build, tiny_model, tmp_path, mode, calls):
-    if not shutil.which("valgrind"):
-        pytest.skip("valgrind not installed")
     size, extra = (TINY_SIZE, []) if mode == "aligned" else ((120, 140), ["--landmarks", "20 20 60 22 40 50 25 80 55 82"])
     image = write_ppm(tmp_path / "image.ppm", random_crops(1, size)[0])
-    command = ["valgrind", "--tool=memcheck", "--leak-check=full", "--errors-for-leak-kinds=definite,indirect",
-               "--error-exitcode=99", f"--suppressions={NATIVE / 'valgrind.supp'}",
-               native_build / "examples" / "embed", tiny_model, "--threads", "1", "--repeat", str(calls), *extra,
-               "--out", tmp_path / "e.npy", image]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    summary = "\n".join(line for line in done.stderr.splitlines() if "lost:" in line or "ERROR SUMMARY" in line)
-    assert done.returncode == 0, done.stderr[-6000:]
-    no_leaks = "definitely lost: 0 bytes" in summary and "indirectly lost: 0 bytes" in summary
-    assert no_leaks or "All heap blocks were freed" in done.stderr, summary
-    assert "ERROR SUMMARY: 0 errors" in summary, summary
+    assert_memcheck_clean([native_build / "examples" / "embed", tiny_model, "--threads", "1", "--repeat", calls, *extra,
+                           "--out", tmp_path / "e.npy", image], timeout=600)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import pytest
 from PIL import Image
 
 from import_support import CONTRACTS, ok, run_cli
+from memcheck import assert_memcheck_clean
 from qfsdk_native import NativeError
 from real_models import MIN_DETECTION_SCORE, REAL_MODELS, photo_paths
-from test_native import NATIVE, TINY_CONTRACT, cosines, tiny_onnx
+from test_native import TINY_CONTRACT, cosines, tiny_onnx
 from qfsdk.runtime import Embedder
 from qfsdk.runtime.detect import DEFAULT_DETECTOR, DetectorOptions, FaceDetector
 
@@ -198,11 +198,7 @@ def test_example_embeds_every_face_of_a_photo(native_build, sface, photos, tmp_p
 @pytest.mark.slow
 def test_valgrind_no_leaks_or_invalid_accesses_over_many_photos(native_build, tmp_path):
     """`embed --detect` under memcheck over the registry photos, cycled to VALGRIND_PHOTOS (t1.jpg: six faces each time)."""
-    if not shutil.which("valgrind"):
-        pytest.skip("valgrind not installed")
     model = tiny_onnx(tmp_path / "tiny.onnx", TINY_CONTRACT)  # a small embedder: the time goes to detection
-    from PIL import Image
-
     paths = []
     for index, photo in enumerate(photo_paths()):  # at most 480 px: valgrind's time goes to decoding big JPEGs otherwise
         image = Image.open(photo).convert("RGB")
@@ -212,15 +208,7 @@ def test_valgrind_no_leaks_or_invalid_accesses_over_many_photos(native_build, tm
     cycled = [paths[i % len(paths)] for i in range(VALGRIND_PHOTOS)]
     # --vex-guest-max-insns: OpenVINO's JIT convolution kernels for YuNet are blocks too large for
     # valgrind's default translation buffer ("VEX temporary storage exhausted"); shorter ones fit.
-    command = ["valgrind", "--tool=memcheck", "--vex-guest-max-insns=10", "--leak-check=full",
-               "--errors-for-leak-kinds=definite,indirect",
-               "--error-exitcode=99", f"--suppressions={NATIVE / 'valgrind.supp'}", native_build / "examples" / "embed",
-               model, "--detect", DEFAULT_DETECTOR, "--detect-size", "320", "--threads", "1", "--out", tmp_path / "e.npy",
-               *cycled]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    summary = "\n".join(line for line in done.stderr.splitlines() if "lost:" in line or "ERROR SUMMARY" in line)
-    assert done.returncode == 0, done.stderr[-6000:]
-    no_leaks = "definitely lost: 0 bytes" in summary and "indirectly lost: 0 bytes" in summary
-    assert no_leaks or "All heap blocks were freed" in done.stderr, summary
-    assert "ERROR SUMMARY: 0 errors" in summary, summary
+    assert_memcheck_clean([native_build / "examples" / "embed", model, "--detect", DEFAULT_DETECTOR, "--detect-size", "320",
+                           "--threads", "1", "--out", tmp_path / "e.npy", *cycled], timeout=900,
+                          options=["--vex-guest-max-insns=10"])
     assert len(np.load(tmp_path / "e.npy")) >= VALGRIND_PHOTOS  # faces were found and embedded throughout
