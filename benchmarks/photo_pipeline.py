@@ -5,8 +5,17 @@
 
 Prints one JSON document: for each model, p50/p90 ms of the whole photo (``Embedder.embed_photos``
 with ``max_faces=1``) and of each stage timed separately on the same photo (``FaceDetector.detect``
-with the packaged YuNet at its default 640 px, ``align_faces``, ``Embedder.embed`` of the crop),
-and each stage's share of the summed stage p50s.
+with the packaged YuNet (a 640x480 photo is detected at full size), ``align_faces``,
+``Embedder.embed`` of the crop), and each stage's share of the summed stage p50s.
+
+``detect_sizes`` shows what ``--detect-size`` trades: for each size, the faces found in each registry
+photo at the default score threshold; the MobileFaceNet's minimum and mean cosine, over the photos of
+one person (tests/real_models.py's threshold), to its embeddings with photos detected at full size
+(what OpenCV's FaceDetectorYN does when its input size is set to the photo's); detection p50 on the
+largest of them. ``opencv_scaled``: ``cv2.FaceDetectorYN`` given the same photos scaled to the default
+size by ``cv2.resize`` (INTER_LINEAR, INTER_AREA), its points fitted and warped as tests/real_models.py
+does: cosine to qfsdk at the default size with the same model, i.e. how far YuNet's points move with
+the resampler alone.
 
 * photo: ``obama2.jpg`` of the registry photos (tests/face_photos.py), centre-cropped to 4:3 and
   resized to 640x480 (one face);
@@ -38,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # regist
 QFSDK = [sys.executable, "-m", "qfsdk"]
 PHOTO = "obama2.jpg"
 SIZE = (640, 480)  # width, height
+DETECT_SIZES = (640, 1280, 2048, None)  # None: full size
 
 
 def cli(*args: object) -> None:
@@ -97,6 +107,73 @@ def measure(model: Path, image: np.ndarray, backend: str, threads: int | None, r
     return {"model": model.name, "backend": backend_name, "photo": total, "stages": stages}
 
 
+def detect_sizes(model: Path, backend: str, threads: int | None, repeats: int) -> dict:
+    """Per ``DetectorOptions.max_size``: faces found in every registry photo at the default threshold;
+    cosine to full-size detection over the single-person photos (tests' threshold); detection p50."""
+    from qfsdk.runtime import Embedder
+    from qfsdk.runtime.detect import DetectorOptions, FaceDetector
+    from qfsdk.runtime.images import load_rgb
+    from real_models import MIN_DETECTION_SCORE, arcface_crops, photo_paths
+
+    counts: dict[str, int] = {}
+    for name, _ in arcface_crops():
+        counts[name.rsplit(".", 1)[0]] = counts.get(name.rsplit(".", 1)[0], 0) + 1
+    every = {path.name: load_rgb(path)[0] for path in photo_paths()}
+    single = [every[path.name] for path in photo_paths() if counts.get(path.stem) == 1]
+    largest = max(single, key=lambda image: image.size)
+
+    def run(embedder: Embedder, max_size: int | None) -> tuple[np.ndarray, dict, dict]:
+        def detector(threshold: float) -> FaceDetector:
+            return FaceDetector(backend=embedder.backend_name, threads=threads,
+                                options=DetectorOptions(threshold, max_size=max_size))
+
+        with detector(DetectorOptions().score_threshold) as default:
+            found = {name: len(default.detect(image)) for name, image in every.items()}
+        with detector(MIN_DETECTION_SCORE) as oracle:
+            faces = embedder.embed_photos(single, max_faces=1, largest=True, detector=oracle)
+            assert len(faces) == len(single), f"max_size {max_size}: {len(faces)} faces in {len(single)} photos"
+            return faces.embeddings, found, timings(lambda: oracle.detect(largest), max(3, repeats // 5))
+
+    with Embedder(model, backend, threads=threads) as embedder:
+        full, _, _ = run(embedder, None)
+        rows = {}
+        for size in DETECT_SIZES:
+            embeddings, found, detect = run(embedder, size)
+            cosine = np.sum(embeddings * full, axis=1) / np.linalg.norm(embeddings, axis=1) / np.linalg.norm(full, axis=1)
+            rows[str(size or "full")] = {"faces_found": found, "min_cosine_to_full_size": round(float(cosine.min()), 4),
+                                         "mean_cosine_to_full_size": round(float(cosine.mean()), 4), "detect": detect}
+        scaled = {interpolation: opencv_scaled(embedder, single, interpolation) for interpolation in ("LINEAR", "AREA")}
+    return {"model": model.name, "single_person_photos": len(single),
+            "largest_photo": f"{largest.shape[1]}x{largest.shape[0]}", "sizes": rows, "opencv_scaled": scaled}
+
+
+def opencv_scaled(embedder, photos: list[np.ndarray], interpolation: str) -> dict:
+    """Min/mean cosine of qfsdk at the default detect size vs cv2.FaceDetectorYN on cv2.resize'd photos."""
+    import cv2
+
+    from qfsdk.runtime.align import TEMPLATES
+    from qfsdk.runtime.detect import DEFAULT_MAX_SIZE, DetectorOptions, FaceDetector
+    from real_models import CROP_SIZE, MIN_DETECTION_SCORE, NMS_THRESHOLD, TOP_K, similarity, yunet_onnx
+
+    theirs = []
+    for rgb in photos:
+        height, width = rgb.shape[:2]
+        scale = min(1.0, DEFAULT_MAX_SIZE / max(height, width))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(rgb, size, interpolation=getattr(cv2, f"INTER_{interpolation}")) if scale < 1 else rgb
+        detector = cv2.FaceDetectorYN.create(str(yunet_onnx()), "", size, MIN_DETECTION_SCORE, NMS_THRESHOLD, TOP_K)
+        faces = detector.detect(np.ascontiguousarray(small[..., ::-1]))[1]
+        face = faces[np.argmax(faces[:, 2] * faces[:, 3])]
+        points = (face[4:14].reshape(5, 2).astype(np.float64) + 0.5) * [width / size[0], height / size[1]] - 0.5
+        matrix = similarity(points, np.asarray(TEMPLATES["arcface"], np.float64))
+        theirs.append(cv2.warpAffine(rgb, matrix, CROP_SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT))
+    with FaceDetector(backend=embedder.backend_name, options=DetectorOptions(MIN_DETECTION_SCORE)) as detector:
+        ours = embedder.embed_photos(photos, max_faces=1, largest=True, detector=detector).embeddings
+    reference = embedder.embed(np.stack(theirs))
+    cosine = np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
+    return {"min_cosine": round(float(cosine.min()), 4), "mean_cosine": round(float(cosine.mean()), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
@@ -117,9 +194,10 @@ def main() -> None:
         }
         image = photo()
         results = {name: measure(path, image, args.backend, args.threads, args.repeats) for name, path in models.items()}
+        drift = detect_sizes(models["mobilefacenet_w8a8"], args.backend, args.threads, args.repeats)
     print(json.dumps({"photo": f"{PHOTO} as {SIZE[0]}x{SIZE[1]}", "cpu": platform.processor() or platform.machine(),
                       "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                      "repeats": args.repeats, "models": results}, indent=2))
+                      "repeats": args.repeats, "models": results, "detect_sizes": drift}, indent=2))
 
 
 if __name__ == "__main__":

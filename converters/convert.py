@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from qfsdk.errors import QfsdkError
+from qfsdk.eval.metrics import cosine_similarities
 from qfsdk.models.card import card_of
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output
@@ -210,7 +211,8 @@ def run_onnx(path: Path, batch: torch.Tensor) -> np.ndarray:
 
 
 def cosine_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    """Minimum and mean row-wise cosine of two embedding arrays."""
+    cos = cosine_similarities(a, b)
     return {"min": float(cos.min()), "mean": float(cos.mean())}
 
 

@@ -129,9 +129,13 @@ def _halve(image: np.ndarray) -> np.ndarray:
 def _sample(image: np.ndarray, M: np.ndarray, t: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear samples at ``M @ (u, v) + t`` with a constant-0 border (step 3)."""
     height, width = size
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-    x = (M[0, 0] * u + M[0, 1] * v + t[0]).astype(np.float32)
-    y = (M[1, 0] * u + M[1, 1] * v + t[1]).astype(np.float32)
+    if M[0, 1] == 0 and M[1, 0] == 0:  # a scale-only map (a resize): x depends on u alone, y on v alone
+        x = (M[0, 0] * np.arange(width, dtype=np.float64) + t[0]).astype(np.float32)[None, :]
+        y = (M[1, 1] * np.arange(height, dtype=np.float64) + t[1]).astype(np.float32)[:, None]
+    else:
+        v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+        x = (M[0, 0] * u + M[0, 1] * v + t[0]).astype(np.float32)
+        y = (M[1, 0] * u + M[1, 1] * v + t[1]).astype(np.float32)
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
@@ -139,7 +143,11 @@ def _sample(image: np.ndarray, M: np.ndarray, t: np.ndarray, size: tuple[int, in
 
     def pixel(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         inside = ((yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols))[..., None]
-        return np.where(inside, image[yy.clip(0, rows - 1), xx.clip(0, cols - 1)], np.float32(0))
+        if yy.shape[1] == 1 and xx.shape[0] == 1:  # separable: gather rows, then columns (same values)
+            picked = image.take(yy[:, 0].clip(0, rows - 1), axis=0).take(xx[0].clip(0, cols - 1), axis=1)
+        else:
+            picked = image[yy.clip(0, rows - 1), xx.clip(0, cols - 1)]
+        return np.where(inside, picked, np.float32(0))
 
     one = np.float32(1)
     return (

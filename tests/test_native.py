@@ -219,9 +219,11 @@ def test_alignment_matches_python_align(lib, tmp_path, fit):
     differing = 0
     with lib.embedder(model, num_threads=1) as emb:
         for scale in (0.7, 1.3, 1.99, 2.0, 2.6, 4.5, 7.0):  # >= 2 goes through the pyramid
-            angle, shift = rng.uniform(-0.6, 0.6), rng.uniform(-10, 80, 2)
-            rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-            marks = (template @ rotation.T + shift + rng.normal(0, 0.3, (5, 2))).astype(np.float32)
+            marks = np.full((5, 2), -1.0, np.float32)
+            while not ((marks >= 0).all() and (marks < [169, 149]).all()):  # on the image: C refuses others
+                angle, shift = rng.uniform(-0.6, 0.6), rng.uniform(-10, 80, 2)
+                rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+                marks = (template @ rotation.T + shift + rng.normal(0, 0.3, (5, 2))).astype(np.float32)
             expected = warp_face(image, marks, template, TINY_SIZE, fit)
             crop = emb.align(image, marks)
             assert np.abs(crop.astype(int) - expected).max() <= 1, scale
@@ -318,8 +320,16 @@ def test_call_errors_are_status_codes(lib, tiny_model, tmp_path):
         assert status == 6 and b"out_len 16 < 2 x 16" in c.qfsdk_last_error(emb.handle)
         assert c.qfsdk_embed_aligned(emb.handle, None, 1, 16, 20, None, 16) == 1
         assert c.qfsdk_embed_aligned(None, None, 1, 16, 20, None, 16) == 1
-        with pytest.raises(NativeError, match="degenerate"):
-            emb.align(crops[0], np.ones((5, 2), np.float32))
+        inside = np.array([[4, 5], [14, 5], [9, 9], [5, 13], [13, 13]], np.float32)  # a face on the 16x20 crop
+        for marks, words in [(np.ones((5, 2), np.float32), "all at one point"),
+                             (np.stack([np.arange(5), np.arange(5)], 1).astype(np.float32) * 3, "on one line"),
+                             (inside + [0, 2.6], r"landmark 3 at \(5, 15.6\) lies outside the 20x16 image"),
+                             (inside - [4.6, 0], r"landmark 0 at \(-0.6, 5\) lies outside")]:
+            for call in (emb.align, emb.embed_landmarks):  # the Python runtime's check_landmarks
+                with pytest.raises(NativeError, match=words) as info:
+                    call(crops[0], marks)
+                assert info.value.status == "QFSDK_ERR_INVALID_ARGUMENT"
+        emb.embed_landmarks(crops[0], inside + [0, 2.5])  # on the border pixels' edges: still on the image
     assert c.qfsdk_embedding_size(None) == 0 and c.qfsdk_contract_json(None) is None
     c.qfsdk_embedder_destroy(None)
 

@@ -13,6 +13,7 @@ from qfsdk.cli.embed_detect import photo_options
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
 from qfsdk.runtime.backends import BACKENDS
+from qfsdk.runtime.detect import DEFAULT_MAX_SIZE
 from qfsdk.runtime.batch_embed import embed_files
 from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.images import collect_images, read_landmarks
@@ -32,7 +33,7 @@ DETECT_ONLY = ("detect_size", "detect_threshold")
 @click.option("--detect", type=click.Choice(["all", "largest"]), is_flag=False, flag_value="all",
               help="Images are photos: find the faces (packaged YuNet detector), align each to the model's template "
                    "and embed every face (all, the default) or the largest; one .npz row per face.")
-@click.option("--detect-size", type=click.IntRange(0), default=640, show_default=True,
+@click.option("--detect-size", type=click.IntRange(0), default=DEFAULT_MAX_SIZE, show_default=True,
               help="With --detect: the longest side the detector sees (larger photos are scaled down; 0: full size).")
 @click.option("--detect-threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
               help="With --detect: the least detection score of a face.")
@@ -53,7 +54,7 @@ DETECT_ONLY = ("detect_size", "detect_threshold")
 def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: bool, landmarks_file: Path | None,
           backend: str, batch_size: int, flip: bool, normalize: bool, threads: int | None, ray_address: str | None,
           actors: int | None, shard_size: int, gpus_per_actor: float, output: Path, detect: str | None = None,
-          detect_size: int = 640, detect_threshold: float = 0.6) -> None:
+          detect_size: int = DEFAULT_MAX_SIZE, detect_threshold: float = 0.6) -> None:
     """Embed the images in PATHS (files, or folders walked in sorted order) with MODEL.
 
     Unreadable images are skipped and counted; grayscale images are converted to RGB and reported.

@@ -9,7 +9,7 @@ import numpy as np
 
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
-from qfsdk.runtime.detect import DETECTOR_BACKEND, DetectorOptions, FaceDetector
+from qfsdk.runtime.detect import DEFAULT_MAX_SIZE, DETECTOR_BACKEND, DetectorOptions, FaceDetector
 from qfsdk.runtime.distributed import PhotoOptions
 from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.photos import embed_photo_files
@@ -25,7 +25,7 @@ def photo_options(mode: str, max_size: int, score_threshold: float) -> PhotoOpti
 
 
 def embed_detected(model: Path, files: list[Path], output: Path, mode: str, *, backend: str, batch_size: int,
-                   flip: bool, normalize: bool, threads: int | None, max_size: int | None = 640,
+                   flip: bool, normalize: bool, threads: int | None, max_size: int | None = DEFAULT_MAX_SIZE,
                    score_threshold: float = 0.6) -> None:
     """Detect, align and embed the faces of ``files`` into ``output``; report photos without a face."""
     from qfsdk.cli.embed_cmd import listed

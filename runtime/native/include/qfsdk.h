@@ -111,7 +111,9 @@ QFSDK_API qfsdk_status qfsdk_embed_aligned(qfsdk_embedder* h, const uint8_t* rgb
 /* Embed one face from a full image and its 5 landmarks (x0, y0, ..., x4, y4 in image pixels,
  * in the order of the contract's template). The face is aligned with a similarity transform
  * onto the contract's template, exactly as the Python runtime's align module does.
- * stride_bytes: bytes per image row; 0 = width * 3. out receives embedding_size floats. */
+ * stride_bytes: bytes per image row; 0 = width * 3. out receives embedding_size floats.
+ * Landmarks that cannot align a face (not finite, outside the image, all at one point or on one
+ * line) give QFSDK_ERR_INVALID_ARGUMENT, as the Python runtime's LandmarkError. */
 QFSDK_API qfsdk_status qfsdk_embed_landmarks(qfsdk_embedder* h, const uint8_t* rgb, size_t height,
                                              size_t width, size_t stride_bytes,
                                              const float landmarks[10], float* out, size_t out_len);

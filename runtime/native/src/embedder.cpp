@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <vector>
@@ -98,6 +99,16 @@ void Embedder::align(const uint8_t* rgb, size_t height, size_t width, size_t str
         if (!std::isfinite(landmarks[i])) throw Error(QFSDK_ERR_INVALID_ARGUMENT, "landmarks must be finite numbers");
         points[i] = landmarks[i];
     }
+    // The Python runtime's check_landmarks: a point off the image would embed a mostly black crop.
+    for (int i = 0; i < 5; ++i) {
+        const double x = points[2 * i], y = points[2 * i + 1];
+        if (!(x >= -0.5 && x <= width - 0.5 && y >= -0.5 && y <= height - 0.5)) {
+            char what[160];
+            std::snprintf(what, sizeof what, "landmark %d at (%g, %g) lies outside the %zux%zu image", i, x, y, width, height);
+            throw Error(QFSDK_ERR_INVALID_ARGUMENT, what);
+        }
+    }
+    if (const char* problem = landmark_problem(points)) throw Error(QFSDK_ERR_INVALID_ARGUMENT, problem);
     warp_face(rgb, height, width, stride, points, c, crop);
 }
 
