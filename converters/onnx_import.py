@@ -24,6 +24,7 @@ from qfsdk.eval.metrics import cosine_similarities
 from qfsdk.runtime.align import TEMPLATES
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output
+from qfsdk.runtime.metadata import IMPORTED_PREFIX
 
 from .graph_tools import remove_unused_initializers
 from .onnx_export import add_metadata
@@ -32,7 +33,6 @@ MIN_OPSET = 13  # per-axis DequantizeLinear
 BATCH = "batch"
 VERIFY_BATCH = 8
 MIN_COSINE = 0.99999
-IMPORTED_PREFIX = "imported:"
 # Template name -> (landmarks in the template's own pixel size, that size, fit direction, alignment name).
 IMPORT_TEMPLATES = {
     "arcface": (TEMPLATES["arcface"], (112, 112), "landmarks_to_template", "arcface_5pt"),

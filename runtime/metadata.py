@@ -16,6 +16,7 @@ from .errors import QfsdkError
 CONTRACT_KEY = "qfsdk.contract"
 VERSION_KEY = "qfsdk.version"
 ARCHITECTURE_KEY = "qfsdk.architecture"
+IMPORTED_PREFIX = "imported:"  # the architecture of a `qfsdk import`-ed model: this prefix + its file stem
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 _METADATA_PROPS = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {1: key, 2: value}

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .metadata import ENGINE_SUFFIXES, ModelFileError, read_onnx_metadata
+from .metadata import ARCHITECTURE_KEY, ENGINE_SUFFIXES, IMPORTED_PREFIX, ModelFileError, read_onnx_metadata
 
 QUANT_CONFIG_KEY = "qfsdk.quant_config"
-ARCHITECTURE_KEY = "qfsdk.architecture"
 # placement scheme -> the backends it is made for (qfsdk.quant.schemes is the registry of schemes)
 MADE_FOR: dict[str, tuple[str, ...]] = {
     "tensorrt": ("tensorrt", "openvino"),
@@ -51,7 +50,10 @@ def placement_note(model_path: str | Path, backend: str) -> str | None:
         return None
     right, cost = RIGHT_SCHEME[backend]
     arch = metadata.get(ARCHITECTURE_KEY) or "NAME"
-    stem = f"{arch if arch != 'NAME' else 'model'}_{bits.lower()}_{right}"
+    name = arch.removeprefix(IMPORTED_PREFIX) if arch != "NAME" else "model"
+    if arch.startswith(IMPORTED_PREFIX):
+        arch = f"<your qfsdk import of {name}.onnx>"  # its path is not recorded in the quantized file
+    stem = f"{name}_{bits.lower()}_{right}"
     return (f"{path}: {bits} with the {scheme} placement, made for {' and '.join(NAMES[b] for b in made_for)}; "
             f"{cost}. For {NAMES[backend]}, make the file with `qfsdk calibrate --model {arch} ... --scheme {right} "
             f"-o {stem}.safetensors` and `qfsdk convert {stem}.safetensors --target {backend} -o {stem}.onnx`"

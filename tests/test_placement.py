@@ -102,3 +102,19 @@ def test_embedder_logs_it_once_and_keeps_it(placements, caplog):
             assert embedder.placement_note is None, (model, backend)
     with Embedder(placements["onnxruntime"], "openvino") as embedder:
         assert "made for ONNX Runtime" in embedder.placement_note and "--scheme tensorrt" in embedder.placement_note
+
+
+def test_the_commands_for_an_imported_model_name_its_import_not_a_zoo_name(placements, tmp_path):
+    """An imported model's architecture (`imported:fr_feature`) is not a `--model` value: the hint says what is."""
+    import onnx
+
+    from qfsdk.runtime.metadata import ARCHITECTURE_KEY
+    from qfsdk.runtime.placement import placement_note
+
+    proto = onnx.load(str(placements["tensorrt"]))
+    [entry] = [p for p in proto.metadata_props if p.key == ARCHITECTURE_KEY]
+    entry.value = "imported:fr_feature"
+    onnx.save(proto, str(tmp_path / "fr_feature_w8a8.onnx"))
+    note = placement_note(tmp_path / "fr_feature_w8a8.onnx", "onnxruntime")
+    assert "--model <your qfsdk import of fr_feature.onnx> ... --scheme onnxruntime -o fr_feature_w8a8_onnxruntime.safetensors" in note
+    assert "imported:" not in note
