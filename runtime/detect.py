@@ -30,15 +30,15 @@ from .resize import resize
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_DETECTOR = MODELS_DIR / "face_detection_yunet_2023mar.onnx"
-# The order of the 5 landmarks every detector format returns: the eye on the image's left (the
-# person's right eye), the eye on the image's right, nose tip, mouth corner on the image's left,
-# on its right. ArcFace's template uses the same points in the same order.
 # The longest photo side the detector sees by default (larger photos are scaled down first): YuNet
-# finds faces most reliably near the scale it was trained at (at full size it misses some very large
-# faces and adds false ones), and time stays flat for big photos. YuNet's landmarks shift by a pixel
+# finds faces most reliably near the scale it was trained at (at larger sizes it missed a 940-px
+# face and added a false one), and time stays flat for big photos. YuNet's landmarks shift by a pixel
 # or two between scales, which moves an embedding: benchmarks/photo_pipeline.py's ``detect_sizes``
 # prints faces found and cosine to full-size detection (OpenCV's own FaceDetectorYN use) per size.
 DEFAULT_MAX_SIZE = 640
+# The order of the 5 landmarks every detector format returns: the eye on the image's left (the
+# person's right eye), the eye on the image's right, nose tip, mouth corner on the image's left,
+# on its right. ArcFace's template uses the same points in the same order.
 LANDMARKS = ("eye_image_left", "eye_image_right", "nose_tip", "mouth_image_left", "mouth_image_right")
 
 

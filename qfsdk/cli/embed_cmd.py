@@ -13,8 +13,8 @@ from qfsdk.cli.embed_detect import photo_options
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
 from qfsdk.runtime.backends import BACKENDS
-from qfsdk.runtime.detect import DEFAULT_MAX_SIZE
 from qfsdk.runtime.batch_embed import embed_files
+from qfsdk.runtime.detect import DEFAULT_MAX_SIZE
 from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.images import collect_images, read_landmarks
 
