@@ -16,6 +16,8 @@ from PIL import Image
 
 import qfsdk
 from qfsdk.cli import main
+from qfsdk.quant.algorithms import recipe_text
+from qfsdk.quant.api import quant_config_of
 
 QFSDK = [sys.executable, "-m", "qfsdk"]
 
@@ -188,3 +190,24 @@ def test_qat_on_synthetic_data_keeps_the_dataset_for_resume(tmp_path):
     resumed = run_cli(*args[:-4], "--steps", "3", "-o", out, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert "step 3" in resumed.output
+
+
+def test_qat_starts_from_the_ptq_recipe_it_is_given(tmp_path):
+    """QAT's starting point is a PTQ run like calibrate's (percentile ranges by default, not min/max), and the
+    checkpoint records it: min/max ranges at W6A6 left imported MobileFaceNets at min cosine 0.03 before training."""
+    out = tmp_path / "mfn.safetensors"
+    base = ["qat", "--model", "mobilefacenet", "--data", "synthetic", "--num-images", "4", "--iterations", "2",
+            "--batch-size", "2", "--bits", "w6a6", "--steps", "1"]
+    result = run_cli(*base, "-o", out)
+    assert result.exit_code == 0, result.output
+    model = qfsdk.load(out)
+    assert model.calibration["method"] == "percentile" and recipe_text(model.calibration["algorithm"]) == "ranges"
+    assert quant_config_of(model).observer == "percentile"
+    result = run_cli(*base, "--method", "percentile:99.9", "--recipe", "ranges,bias_correction", "-o", out)
+    assert result.exit_code == 0, result.output
+    model = qfsdk.load(out)
+    assert recipe_text(model.calibration["algorithm"]) == "ranges+bias_correction"
+    assert quant_config_of(model).percentile == 99.9
+    for bad, words in [(("--recipe", "ranges,sharpen"), "sharpen"), (("--method", "median"), "median")]:
+        result = run_cli(*base, *bad, "-o", tmp_path / "bad.safetensors")
+        assert result.exit_code == 1 and words in result.output and not (tmp_path / "bad.safetensors").exists()

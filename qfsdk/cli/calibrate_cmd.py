@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from qfsdk.quant.algorithms import ALGORITHMS, BEST_RECIPES, LOW_BIT_RECIPE
-from qfsdk.quant.config import OBSERVERS, QuantConfig
 
-from .common import build_config, check_output, model_options, quant_options
+from .common import build_config, check_output, method_option, model_options, quant_options
 
 
 @click.command()
@@ -21,8 +20,7 @@ from .common import build_config, check_output, model_options, quant_options
               help="Folder of aligned face images, or a dataset written by `qfsdk synth`.")
 @click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
-@click.option("--method", default="percentile", show_default=True,
-              help=f"Range observer: {', '.join(OBSERVERS)}; percentile:P picks the percentile (default {QuantConfig.percentile}).")
+@method_option
 @click.option("--recipe",
               help="PTQ steps in order, comma-separated, each STEP or STEP:KEY=VALUE[:KEY=VALUE] "
                    "(e.g. ranges,reconstruct:iterations=150); default: the PTQ benchmark's best for the weight bits ("

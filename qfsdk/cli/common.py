@@ -107,6 +107,15 @@ def quant_options(fn: Callable) -> Callable:
     return wrapper
 
 
+def method_option(fn: Callable) -> Callable:
+    """``--method``: the activation range observer of a PTQ run (calibrate, and qat's starting point)."""
+    from qfsdk.quant.config import OBSERVERS, QuantConfig
+
+    return click.option("--method", default="percentile", show_default=True,
+                        help=f"Range observer: {', '.join(OBSERVERS)}; percentile:P picks the percentile "
+                             f"(default {QuantConfig.percentile}).")(fn)
+
+
 def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, observer: str | None = None):
     """The validated QuantConfig the options describe; ``observer`` (``--method``) sets the observer and the
     percentile actually used, so the checkpoint records them."""

@@ -9,7 +9,7 @@ import click
 
 from qfsdk.quant.config import KD_LOSS_CHOICES
 
-from .common import build_config, check_output, model_options, quant_options
+from .common import build_config, check_output, method_option, model_options, quant_options
 
 
 def state_path_for(output: Path) -> Path:
@@ -68,6 +68,9 @@ def check_resumable(state: Path) -> None:
                    "such as dlib); auto: raw for models compared by Euclidean distance, else normalized.")
 @click.option("--range-warmup", type=click.IntRange(0),
               help="Steps of running min/max range updates (QuantFace: 299) instead of PTQ-calibrated ranges.")
+@method_option
+@click.option("--recipe", default="ranges", show_default=True,
+              help="PTQ steps that make the starting point, as `qfsdk calibrate --recipe` (e.g. ranges,bias_correction).")
 @click.option("--validation-images", type=click.IntRange(0), default=0, show_default=True,
               help="Hold out the last N images; score the student on them every --validate-every steps and keep the best "
                    "(long runs on a few hundred synthetic images drift).")
@@ -78,21 +81,25 @@ def check_resumable(state: Path) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
 def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn, kd_loss,
-        range_warmup, validation_images, validate_every, checkpoint_every, seed, resume, output) -> None:
+        range_warmup, method, recipe, validation_images, validate_every, checkpoint_every, seed, resume, output) -> None:
     """Distil the float MODEL into its quantized copy on synthetic (or your own) images."""
     import torch
 
     import qfsdk
     from qfsdk.calib.sources import open_source
     from qfsdk.models import create
+    from qfsdk.quant.algorithms import parse_recipe
     from qfsdk.quant.api import check_config
+    from qfsdk.quant.observers import make_observer
     from qfsdk.quant.qat import QATSettings, init_distributed, train_qat
 
     check_output(output, weights, config_file, data)
     if resume:
         check_resumable(state_path_for(output))
     init_distributed()
-    config = build_config(bits, scheme, keep_8bit, config_file)
+    config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
+    make_observer(method, 8)  # validates the method and the recipe before any work
+    start = parse_recipe(recipe)
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,
                            validation_images=validation_images, validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed)
     teacher = create(model_name, weights=weights, seed=seed)
@@ -103,7 +110,7 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     images = torch.cat([batch for batch in source])
     student = qfsdk.quantize(copy.deepcopy(teacher), config)
     if not resume and range_warmup is None:
-        qfsdk.calibrate(student, images, method=config.observer, batch_size=batch_size)
+        qfsdk.calibrate(student, images, method=method, algorithm=start, batch_size=batch_size)
     run = train_qat(student, teacher, images, settings, state_path_for(output), resume=resume)
     if run.rank == 0:
         kept = {k: v for k, v in (run.best or {}).items() if k != "state"}
