@@ -133,3 +133,27 @@ def test_warp_face_aligns_points_partly_off_the_image_as_given():
     template = np.array([[5, 5], [15, 5], [10, 10], [6, 15], [14, 15]], float)
     out = warp_face(image, template - [6, 0], template, (20, 30))  # landmark 0 at x = -1: the Embedder refuses it
     np.testing.assert_array_equal(out[:, 6:], image[:, :24])
+
+
+@pytest.mark.parametrize("M", [np.diag([1.7, 0.6]), np.diag([0.45, 1.0]), np.array([[0.9, -0.3], [0.3, 0.9]])])
+def test_sampling_equals_per_pixel_bilinear_for_resizes_and_rotations(M):
+    """The scale-only fast path (rows, then columns) and the general one give the per-pixel formula's values."""
+    from qfsdk.runtime.align import _sample
+
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 255, (13, 17, 3)).astype(np.float32)
+    t, size = np.array([-0.8, 0.35]), (9, 11)
+    got = _sample(image, M, t, size)
+    for v in range(size[0]):
+        for u in range(size[1]):
+            x, y = np.float32(M[0, 0] * u + M[0, 1] * v + t[0]), np.float32(M[1, 0] * u + M[1, 1] * v + t[1])
+            x0, y0 = int(np.floor(x)), int(np.floor(y))
+            fx, fy = x - np.float32(x0), y - np.float32(y0)
+
+            def at(r: int, c: int) -> np.ndarray:
+                return image[r, c] if 0 <= r < 13 and 0 <= c < 17 else np.zeros(3, np.float32)
+
+            one = np.float32(1)
+            expected = ((at(y0, x0) * ((one - fx) * (one - fy)) + at(y0, x0 + 1) * (fx * (one - fy)))
+                        + at(y0 + 1, x0) * ((one - fx) * fy)) + at(y0 + 1, x0 + 1) * (fx * fy)
+            np.testing.assert_array_equal(got[v, u], expected)
