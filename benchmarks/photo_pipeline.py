@@ -110,19 +110,17 @@ def measure(model: Path, image: np.ndarray, backend: str, threads: int | None, r
 def detect_sizes(model: Path, backend: str, threads: int | None, repeats: int) -> dict:
     """Per ``DetectorOptions.max_size``: faces found in every registry photo at the default threshold;
     cosine to full-size detection over the single-person photos (tests' threshold); detection p50."""
+    from qfsdk.eval.metrics import cosine_similarities
     from qfsdk.runtime import Embedder
-    from qfsdk.runtime.detect import DetectorOptions, FaceDetector
+    from qfsdk.runtime.detect import DEFAULT_MAX_SIZE, DetectorOptions, FaceDetector
     from qfsdk.runtime.images import load_rgb
-    from real_models import MIN_DETECTION_SCORE, arcface_crops, photo_paths
+    from real_models import MIN_DETECTION_SCORE, photo_paths, single_person_arcface_crops
 
-    counts: dict[str, int] = {}
-    for name, _ in arcface_crops():
-        counts[name.rsplit(".", 1)[0]] = counts.get(name.rsplit(".", 1)[0], 0) + 1
     every = {path.name: load_rgb(path)[0] for path in photo_paths()}
-    single = [every[path.name] for path in photo_paths() if counts.get(path.stem) == 1]
+    single = [every[name] for name in single_person_arcface_crops()]
     largest = max(single, key=lambda image: image.size)
 
-    def run(embedder: Embedder, max_size: int | None) -> tuple[np.ndarray, dict, dict]:
+    def run(embedder: Embedder, max_size: int | None) -> dict:
         def detector(threshold: float) -> FaceDetector:
             return FaceDetector(backend=embedder.backend_name, threads=threads,
                                 options=DetectorOptions(threshold, max_size=max_size))
@@ -132,46 +130,47 @@ def detect_sizes(model: Path, backend: str, threads: int | None, repeats: int) -
         with detector(MIN_DETECTION_SCORE) as oracle:
             faces = embedder.embed_photos(single, max_faces=1, largest=True, detector=oracle)
             assert len(faces) == len(single), f"max_size {max_size}: {len(faces)} faces in {len(single)} photos"
-            return faces.embeddings, found, timings(lambda: oracle.detect(largest), max(3, repeats // 5))
+            return {"faces_found": found, "embeddings": faces.embeddings,
+                    "detect": timings(lambda: oracle.detect(largest), max(3, repeats // 5))}
 
     with Embedder(model, backend, threads=threads) as embedder:
-        full, _, _ = run(embedder, None)
-        rows = {}
-        for size in DETECT_SIZES:
-            embeddings, found, detect = run(embedder, size)
-            cosine = np.sum(embeddings * full, axis=1) / np.linalg.norm(embeddings, axis=1) / np.linalg.norm(full, axis=1)
-            rows[str(size or "full")] = {"faces_found": found, "min_cosine_to_full_size": round(float(cosine.min()), 4),
-                                         "mean_cosine_to_full_size": round(float(cosine.mean()), 4), "detect": detect}
-        scaled = {interpolation: opencv_scaled(embedder, single, interpolation) for interpolation in ("LINEAR", "AREA")}
+        runs = {size: run(embedder, size) for size in DETECT_SIZES}
+        opencv = {interpolation: opencv_scaled(embedder, single, interpolation) for interpolation in ("LINEAR", "AREA")}
+    def agreement(embeddings: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+        cosine = cosine_similarities(embeddings, reference)
+        return round(float(cosine.min()), 4), round(float(cosine.mean()), 4)
+
+    rows = {}
+    for size, result in runs.items():
+        low, mean = agreement(result["embeddings"], runs[None]["embeddings"])
+        rows[str(size or "full")] = {"faces_found": result["faces_found"], "min_cosine_to_full_size": low,
+                                     "mean_cosine_to_full_size": mean, "detect": result["detect"]}
+    scaled = {}
+    for interpolation, reference in opencv.items():
+        low, mean = agreement(runs[DEFAULT_MAX_SIZE]["embeddings"], reference)
+        scaled[interpolation] = {"min_cosine": low, "mean_cosine": mean}
     return {"model": model.name, "single_person_photos": len(single),
             "largest_photo": f"{largest.shape[1]}x{largest.shape[0]}", "sizes": rows, "opencv_scaled": scaled}
 
 
-def opencv_scaled(embedder, photos: list[np.ndarray], interpolation: str) -> dict:
-    """Min/mean cosine of qfsdk at the default detect size vs cv2.FaceDetectorYN on cv2.resize'd photos."""
+def opencv_scaled(embedder, photos: list[np.ndarray], interpolation: str) -> np.ndarray:
+    """Embeddings of crops cut by cv2.FaceDetectorYN on photos cv2.resize'd to the default detect size."""
     import cv2
 
-    from qfsdk.runtime.align import TEMPLATES
-    from qfsdk.runtime.detect import DEFAULT_MAX_SIZE, DetectorOptions, FaceDetector
-    from real_models import CROP_SIZE, MIN_DETECTION_SCORE, NMS_THRESHOLD, TOP_K, similarity, yunet_onnx
+    from qfsdk.runtime.detect import DEFAULT_MAX_SIZE
+    from real_models import arcface_crop, detect_faces
 
-    theirs = []
+    crops = []
     for rgb in photos:
         height, width = rgb.shape[:2]
         scale = min(1.0, DEFAULT_MAX_SIZE / max(height, width))
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = cv2.resize(rgb, size, interpolation=getattr(cv2, f"INTER_{interpolation}")) if scale < 1 else rgb
-        detector = cv2.FaceDetectorYN.create(str(yunet_onnx()), "", size, MIN_DETECTION_SCORE, NMS_THRESHOLD, TOP_K)
-        faces = detector.detect(np.ascontiguousarray(small[..., ::-1]))[1]
+        faces = detect_faces(small)
         face = faces[np.argmax(faces[:, 2] * faces[:, 3])]
         points = (face[4:14].reshape(5, 2).astype(np.float64) + 0.5) * [width / size[0], height / size[1]] - 0.5
-        matrix = similarity(points, np.asarray(TEMPLATES["arcface"], np.float64))
-        theirs.append(cv2.warpAffine(rgb, matrix, CROP_SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT))
-    with FaceDetector(backend=embedder.backend_name, options=DetectorOptions(MIN_DETECTION_SCORE)) as detector:
-        ours = embedder.embed_photos(photos, max_faces=1, largest=True, detector=detector).embeddings
-    reference = embedder.embed(np.stack(theirs))
-    cosine = np.sum(ours * reference, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
-    return {"min_cosine": round(float(cosine.min()), 4), "mean_cosine": round(float(cosine.mean()), 4)}
+        crops.append(arcface_crop(rgb, points))
+    return embedder.embed(np.stack(crops))
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # real_models: registry models and crops
 
 from qfsdk.calib.synth import synthesize  # noqa: E402
+from qfsdk.eval.metrics import cosine_similarities  # noqa: E402
 
 MODELS = ("sface", "fr_feature")
 SYNTHETIC_IMAGES = 64  # benchmarks/ptq_recipes.py's
@@ -43,7 +44,7 @@ def cli(*args: object) -> float:
 
 
 def cosines(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    cos = np.sum(embeddings * reference, axis=1) / np.linalg.norm(embeddings, axis=1) / np.linalg.norm(reference, axis=1)
+    cos = cosine_similarities(embeddings, reference)
     return {"min_cosine": round(float(cos.min()), 5), "mean_cosine": round(float(cos.mean()), 5)}
 
 

@@ -187,21 +187,28 @@ def crop_halves() -> tuple[list[tuple[str, np.ndarray]], list[tuple[str, np.ndar
     return crops[0::2], crops[1::2]
 
 
+def single_person_arcface_crops() -> dict[str, np.ndarray]:
+    """{photo file name: its one crop} for the photos of :func:`photo_paths` where YuNet finds one face."""
+    by_stem: dict[str, list[np.ndarray]] = {}
+    for name, crop in arcface_crops():
+        by_stem.setdefault(name.rsplit(".", 1)[0], []).append(crop)
+    return {path.name: by_stem[path.stem][0] for path in photo_paths() if len(by_stem.get(path.stem, [])) == 1}
+
+
 def _photo_crops(photo: Path) -> list[tuple[str, np.ndarray]]:
     """The named ArcFace crops of every face YuNet finds in ``photo``."""
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    return [(f"{photo.stem}.{k}", arcface_crop(rgb, face[4:14].reshape(5, 2))) for k, face in enumerate(detect_faces(rgb))]
+
+
+def arcface_crop(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The 112x112 crop OpenCV's pipeline cuts: a similarity fit of 5 landmarks to ArcFace's template, cv2.warpAffine."""
     import cv2
 
     from qfsdk.runtime.align import TEMPLATES
 
-    rgb = np.asarray(Image.open(photo).convert("RGB"))
-    template = np.asarray(TEMPLATES["arcface"], np.float64)
-    crops = []
-    for k, face in enumerate(detect_faces(rgb)):
-        matrix = similarity(face[4:14].reshape(5, 2).astype(np.float64), template)
-        crop = cv2.warpAffine(rgb, matrix, CROP_SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                              borderValue=0)
-        crops.append((f"{photo.stem}.{k}", crop))
-    return crops
+    matrix = similarity(np.asarray(landmarks, np.float64), np.asarray(TEMPLATES["arcface"], np.float64))
+    return cv2.warpAffine(rgb, matrix, CROP_SIZE, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def detect_faces(rgb: np.ndarray) -> np.ndarray:

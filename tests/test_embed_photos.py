@@ -15,7 +15,7 @@ from PIL import Image
 
 from face_photos import PHOTOS, face_photo_dir, photo_chips
 from import_support import CONTRACTS, cosines, ok, run_cli
-from real_models import REAL_MODELS, arcface_crops, photo_paths
+from real_models import REAL_MODELS, single_person_arcface_crops
 from qfsdk.runtime import Embedder
 from real_models import MIN_DETECTION_SCORE
 
@@ -41,14 +41,6 @@ def embed_cli(model: Path, photos: list[Path], out: Path, *options: str) -> tupl
     output = ok(run_cli("embed", model, *photos, "--backend", "onnxruntime", *options, "-o", out))
     with np.load(out) as data:
         return {key: data[key] for key in data}, output
-
-
-def single_person_arcface_crops() -> dict[str, np.ndarray]:
-    """{photo file name: its one cv2-aligned crop} for the photos where OpenCV's YuNet finds one face."""
-    by_stem: dict[str, list[np.ndarray]] = {}
-    for name, crop in arcface_crops():
-        by_stem.setdefault(name.rsplit(".", 1)[0], []).append(crop)
-    return {path.name: by_stem[path.stem][0] for path in photo_paths() if len(by_stem.get(path.stem, [])) == 1}
 
 
 def test_detect_largest_matches_opencv_aligned_crops_per_photo(imported, tmp_path):
