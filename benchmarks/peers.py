@@ -30,7 +30,8 @@ process). Every tool starts from the same float graph, normalised only as far as
 * ``qfsdk``: no real face at all: ``qfsdk import``, 64 synthetic images made from the model itself
   (``auto`` inversion, made once per model: the first recipe's seconds include them), W8A8 PTQ with
   percentile ranges and the recipe named (``ranges``, ``ranges+bias_correction``,
-  ``equalize+ranges+bias_correction``), the default
+  ``equalize+ranges+bias_correction``: ``qfsdk calibrate``'s W8A8 default, equalization by weights;
+  ``equalize:by=activations+ranges+bias_correction``), the default
   (TensorRT-ready) export. It needs no peer package: ``--tools qfsdk`` runs in the project's venv.
 
 A tool is a function ``(job, method) -> quantized ONNX path`` in ``TOOLS``, run in a process of its
@@ -150,7 +151,8 @@ SYNTHETIC_IMAGES = 64  # qfsdk calibrate's default
 
 def quantize_qfsdk(job: Job, recipe: str) -> Path:
     """qfsdk with NO real face: ``qfsdk import``, synthetic images made from the model itself (once per
-    model, reused by every recipe), PTQ with ``recipe`` (steps joined by ``+``), the default export.
+    model, reused by every recipe), PTQ with ``recipe`` (``qfsdk calibrate --recipe`` steps joined by
+    ``+``), the default export.
     ``job.calibration`` (the real faces) is never read."""
     import copy
 
@@ -160,6 +162,7 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
     from qfsdk.converters import export_quantized
     from qfsdk.converters.onnx_import import ImportOptions, import_onnx
     from qfsdk.models import create
+    from qfsdk.quant.algorithms import parse_recipe
 
     imported = job.folder / f"{job.model.name}_qfsdk_float.onnx"
     if not imported.is_file():
@@ -170,13 +173,14 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
     model = create(str(imported))
     data, _ = open_source(synthetic, model)
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), "w8a8"), data, method="percentile",
-                                algorithm=recipe.split("+"))
+                                algorithm=parse_recipe(recipe.replace("+", ",")))
     return export_quantized(quantized, job.output("qfsdk", recipe))
 
 
 Quantizer = Callable[[Job, str], Path]
 TOOLS: dict[str, tuple[Quantizer, tuple[str, ...]]] = {
-    "qfsdk": (quantize_qfsdk, ("ranges", "ranges+bias_correction", "equalize+ranges+bias_correction")),
+    "qfsdk": (quantize_qfsdk, ("ranges", "ranges+bias_correction", "equalize+ranges+bias_correction",
+                               "equalize:by=activations+ranges+bias_correction")),
     "onnxruntime": (quantize_onnxruntime, ("minmax", "percentile")),
     "modelopt": (quantize_modelopt, ("max", "entropy")),
     "nncf": (quantize_nncf, ("performance", "mixed")),
@@ -259,7 +263,7 @@ def versions(tools: list[str]) -> dict[str, str]:
     """Installed versions of onnx, onnxruntime and the requested peers' packages."""
     from importlib.metadata import PackageNotFoundError, version
 
-    packages = {"onnx": "onnx", "onnxruntime": "onnxruntime", "modelopt": "nvidia-modelopt", "nncf": "nncf"}
+    packages = {"onnx": "onnx", "onnxruntime": "onnxruntime", "modelopt": "nvidia-modelopt", "nncf": "nncf", "qfsdk": "qfsdk"}
     found = {}
     for key in ("onnx", "onnxruntime", *tools):
         try:

@@ -260,7 +260,8 @@ class ChainNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def test_equalization_keeps_the_float_function_and_evens_out_channel_ranges():
+@pytest.mark.parametrize("by, narrower, iterations", [("weights", 3, 20), ("activations", 10, 2)])
+def test_equalization_keeps_the_float_function_and_evens_out_channel_ranges(by, narrower, iterations):
     from qfsdk.quant.modules import bypassed
 
     torch.manual_seed(0)
@@ -287,17 +288,24 @@ def test_equalization_keeps_the_float_function_and_evens_out_channel_ranges():
         return float(ranges.max() / ranges.min())
 
     plain = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data)
-    equalized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data, algorithm=["equalize", "ranges"])
+    equalized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data, algorithm=[{"name": "equalize", "by": by, "iterations": iterations}, "ranges"])
     with torch.no_grad(), bypassed(equalized):
         torch.testing.assert_close(equalized(data), expected, rtol=1e-4, atol=1e-5)  # the same float function
     for layer in ("act1", "act2"):  # the inputs of conv2 and conv3, quantized per tensor
-        assert channel_spread(equalized, layer) < channel_spread(plain, layer) / 10
+        assert channel_spread(equalized, layer) < channel_spread(plain, layer) / narrower
 
     def min_cosine(model: nn.Module) -> float:
         with torch.no_grad():
             return float(nn.functional.cosine_similarity(model(data), expected).min())
 
     assert min_cosine(equalized) > min_cosine(plain)
+    if by == "weights":  # iterated, both sides of every pair converge to sqrt(r_c w_c): one range per channel
+        gain = (equalized.bn1.weight / torch.sqrt(equalized.bn1.running_var + equalized.bn1.eps)).abs().detach()
+        pairs = [(equalized.conv1.weight.detach().abs().flatten(1).amax(1) * gain,
+                  equalized.conv2.weight.detach().abs().transpose(0, 1).flatten(1).amax(1)),
+                 (equalized.conv2.weight.detach().abs().flatten(1).amax(1), equalized.conv3.weight.detach().abs().flatten(1).amax(1))]
+        for first, second in pairs:
+            torch.testing.assert_close(first, second, rtol=0.05, atol=0)
 
 
 @pytest.mark.parametrize("module", ["qfsdk.quant.config", "qfsdk.quant.modules", "qfsdk.models", "qfsdk.models.dlib_resnet"])

@@ -106,7 +106,7 @@ ALGORITHMS: dict[str, PTQAlgorithm] = {}
 DEFAULT_RECIPE = ("ranges",)  # what ``calibrate`` runs when no step is named (and what older checkpoints ran)
 # `qfsdk calibrate`'s default per weight bit width: the best recipe of the PTQ benchmark at those bits
 # (README, "PTQ recipes"); a Python caller gets it from best_recipe().
-BEST_RECIPES: dict[int, tuple[str, ...]] = {8: ("ranges", "bias_correction")}
+BEST_RECIPES: dict[int, tuple[str, ...]] = {8: ("equalize", "ranges", "bias_correction")}
 LOW_BIT_RECIPE = ("ranges", "reconstruct")  # weights below 8 bits: learned rounding matters most there
 
 
