@@ -41,7 +41,8 @@ from qfsdk.quant.config import preset  # noqa: E402
 SYNTHETIC_IMAGES = 64
 MODELS = ("dlib_resnet", "sface", "fr_feature")
 BITS = ("w8a8", "w6a6", "w4a8")
-RECIPES = ("ranges", "ranges,bias_correction", "equalize,ranges,bias_correction", "ranges,reconstruct",
+RECIPES = ("ranges", "ranges,bias_correction", "equalize,ranges,bias_correction",
+           "equalize,ranges,keep_float:layers=3,bias_correction", "ranges,reconstruct",
            "ranges,reconstruct:ranges=false")
 
 

@@ -338,8 +338,12 @@ def calibration_line(model: nn.Module) -> str | None:
     calibration = (card.calibration if card is not None else None) or {}
     if "method" not in calibration:
         return None
+    from qfsdk.quant.float_fallback import float_layers
+
     recipe = recipe_text(calibration.get("algorithm") or DEFAULT_RECIPE)
-    return f"{calibration['method']} ranges on {calibration.get('images', '?')} images, PTQ recipe {recipe}"
+    kept = float_layers(model)
+    return (f"{calibration['method']} ranges on {calibration.get('images', '?')} images, PTQ recipe {recipe}"
+            + (f", kept in float: {', '.join(kept)}" if kept else ""))
 
 
 def placement_note(source: Source, target: Target) -> str | None:

@@ -80,19 +80,18 @@ def _gpu() -> Check:
 
 
 def _cpu() -> Check:
-    flags: set[str] = set()
+    from qfsdk.runtime.cpu import INT8_DOT_PRODUCT_FLAGS, cpu_flags
+
+    flags = cpu_flags()
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags" and not flags:
-                flags = set(value.split())
-            elif key.strip() == "model name":
-                model = value.strip()
+        model = next((line.partition(":")[2].strip() for line in cpuinfo.read_text(errors="replace").splitlines()
+                      if line.partition(":")[0].strip() == "model name"), model)
     present = [f for f in CPU_INT8_FLAGS if f in flags]
-    fast_int8 = any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
-    hint = "" if fast_int8 else "no VNNI/AMX: int8 on this CPU gains little over fp32"
+    fast_int8 = any(f in flags for f in INT8_DOT_PRODUCT_FLAGS)
+    hint = "" if fast_int8 else ("no VNNI/AMX: int8 gains little over fp32 here, and OpenVINO's int8 kernels saturate "
+                                 "full-range 8-bit weights (backend auto picks onnxruntime for those)")
     return Check("cpu", True, detail=f"{model}; int8 features: {', '.join(present) or 'none'}", hint=hint)
 
 

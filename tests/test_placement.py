@@ -118,3 +118,34 @@ def test_the_commands_for_an_imported_model_name_its_import_not_a_zoo_name(place
     note = placement_note(tmp_path / "fr_feature_w8a8.onnx", "onnxruntime")
     assert "--model <your qfsdk import of fr_feature.onnx> ... --scheme onnxruntime -o fr_feature_w8a8_onnxruntime.safetensors" in note
     assert "imported:" not in note
+
+
+def test_full_range_int8_weights_avoid_openvino_where_its_int8_kernels_saturate(placements, tmp_path, caplog):
+    """On an x86 CPU without VNNI (AVX2 only), OpenVINO pairs uint8 x int8 products into int16 with saturation:
+    full-range 8-bit weights come out wrong there. ``auto`` then picks ONNX Runtime and says why, an explicit
+    openvino backend warns, and 7-bit weights (which cannot overflow there) stay on OpenVINO."""
+    import torch
+
+    import qfsdk
+    from qfsdk.models import create
+    from qfsdk.runtime.backends import choose_backend
+    from qfsdk.runtime.cpu import saturating_int8
+
+    torch.manual_seed(0)
+    model = create("mobilefacenet")
+    crops = np.stack([crop for _, crop in arcface_crops()[:8]])
+    quantized = qfsdk.quantize(copy.deepcopy(model), {"preset": "w8a8", "weight_bits": 7})
+    checkpoint = qfsdk.save_quantized(qfsdk.calibrate(quantized, torch.from_numpy(model.contract.preprocess(crops)), method="minmax"),
+                                      tmp_path / "w7.safetensors")
+    seven = tmp_path / "mobilefacenet_w7a8.onnx"
+    assert CliRunner().invoke(main, ["convert", str(checkpoint), "-o", str(seven)]).exit_code == 0
+    saturates = saturating_int8()
+    for path, full_range in ((placements["tensorrt"], True), (seven, False), (placements["fp32"], False)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "qfsdk.runtime.backends"):
+            chosen = choose_backend(path)
+            with Embedder(path, "openvino"):
+                pass
+        warned = [r.getMessage() for r in caplog.records if "no VNNI" in r.getMessage() or "without VNNI" in r.getMessage()]
+        assert chosen == ("onnxruntime" if saturates and full_range else "openvino"), path
+        assert len(warned) == (2 if saturates and full_range else 0), warned

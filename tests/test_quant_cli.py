@@ -102,6 +102,25 @@ def test_a_recipe_with_step_options_is_saved_and_printed_by_convert(tmp_path, fa
     assert "PTQ recipe ranges+reconstruct:iterations=3:batch_size=4+bias_correction" in converted.output
 
 
+
+def test_keep_float_layers_are_printed_by_calibrate_and_convert_and_stay_float_in_the_onnx(tmp_path, face_folder):
+    import onnx
+
+    out = tmp_path / "mfn.safetensors"
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--recipe", "ranges,keep_float:layers=2:images=4", "-o", out)
+    assert result.exit_code == 0, result.output
+    (line,) = [l for l in result.output.splitlines() if l.startswith("kept in float: ")]
+    kept = line[len("kept in float: "):].split(" (")[0].split(", ")
+    assert len(kept) == 2 and "% of the multiply-accumulates" in line
+    assert sorted(o.pattern for o in quant_config_of(qfsdk.load(out)).overrides if not o.enabled) == sorted(kept)
+    converted = run_cli("convert", out, "-o", tmp_path / "mfn.onnx")
+    assert converted.exit_code == 0, converted.output
+    assert f"kept in float: {', '.join(kept)}" in converted.output
+    graph = onnx.load(str(tmp_path / "mfn.onnx")).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    weights = [producers.get(node.input[1], "initializer") for node in graph.node if node.op_type in ("Conv", "Gemm")]
+    assert len(weights) - weights.count("DequantizeLinear") == sum(not k.startswith("residual") for k in kept)
+
 def _qat_args(face_folder, out, steps, every=1):
     return ["qat", "--model", "mobilefacenet", "--data", str(face_folder), "--bits", "w4a4", "--steps", str(steps),
             "--batch-size", "4", "--freeze-bn", "--lr", "0.02", "--checkpoint-every", str(every), "-o", str(out)]

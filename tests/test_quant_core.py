@@ -360,3 +360,50 @@ def test_learned_rounding_lowers_each_layers_output_error_below_nearest_rounding
     assert any(np.array_equal(c, quantizer.form(layer.weight).codes) for c in codes.values() if c.dtype == np.int8)
     with pytest.raises(ConfigError, match="iterations"):
         qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w4a8"), data, algorithm=["ranges", {"name": "reconstruct", "iterations": 0}])
+
+
+def test_keep_float_returns_the_costliest_layer_to_float_through_checkpoint_and_export(tmp_path):
+    """``keep_float`` keeps the layer that alone costs most in float: its quantizers go, the output gets
+    closer to the float model's, the config names it, and the checkpoint and the ONNX file keep it float."""
+    from qfsdk.quant.float_fallback import layer_costs
+    from qfsdk.quant.modules import QuantModule
+
+    torch.manual_seed(0)
+    float_model = ChainNet().eval()
+    with torch.no_grad():  # channels whose ranges differ by 1000x: a per-tensor int8 input cannot hold them
+        float_model.bn1.weight.copy_(torch.logspace(-2, 1, 8))
+        float_model.conv2.weight.mul_(torch.logspace(1, -2, 8).view(-1, 1, 1, 1))
+    describe(float_model, CONTRACT, "chain")
+    data = _data(16)
+    with torch.no_grad():
+        expected = float_model(data)
+
+    plain = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data)
+    (worst_cost, worst), (next_cost, _), *_ = layer_costs(plain, [data], torch.device("cpu"))
+    assert worst_cost < next_cost
+    kept = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data,
+                           algorithm=["ranges", {"name": "keep_float", "layers": 1}])
+    layer = dict(kept.named_modules())[worst]
+    assert type(layer) is nn.Conv2d and not any(isinstance(m, QuantModule) for m in layer.modules())
+    assert [(o.pattern, o.enabled) for o in card_of(kept).quant_config.overrides] == [(worst, False)]
+
+    def min_cosine(model: nn.Module) -> float:
+        with torch.no_grad():
+            return float(nn.functional.cosine_similarity(model(data), expected).min())
+
+    assert min_cosine(kept) > min_cosine(plain)
+    register_builder("test_chain", lambda spec, payload: describe(copy.deepcopy(float_model), CONTRACT, "chain"))
+    try:
+        card_of(kept).rebuild = {"kind": "test_chain"}
+        loaded = qfsdk.load(qfsdk.save_quantized(kept, tmp_path / "chain.safetensors"))
+    finally:
+        BUILDERS.pop("test_chain", None)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(data), kept(data))
+    proto = onnx.load(str(export_quantized(kept, tmp_path / "chain.onnx", target="tensorrt")))
+    producers = {out: node.op_type for node in proto.graph.node for out in node.output}
+    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+    fed = [producers.get(node.input[1], "initializer") for node in convs]
+    assert fed.count("DequantizeLinear") == len(convs) - 1  # one conv keeps float weights
+    with pytest.raises(ConfigError, match="layers must be a positive integer"):
+        qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w8a8"), data, algorithm=["ranges", {"name": "keep_float", "layers": 0}])

@@ -43,6 +43,7 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     from qfsdk.models import create
     from qfsdk.models.card import card_of
     from qfsdk.quant.algorithms import best_recipe, parse_recipe, recipe_text
+    from qfsdk.quant.float_fallback import float_layers, float_share
     from qfsdk.quant.api import check_config
 
     source = _data_source(data_dir, synthetic)
@@ -63,6 +64,10 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
     click.echo(f"calibrated {model_name}, {card_of(model).weights} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}, {method}, "
                f"recipe {recipe_text(steps)}) on {description}")
     click.echo(f"quantized vs float on a calibration batch: min cosine {cosine:.5f}")
+    kept = float_layers(quantized)
+    if kept:
+        click.echo(f"kept in float: {', '.join(kept)} ({100 * float_share(quantized, batch[:1]):.2f}% of the "
+                   "multiply-accumulates; the rest runs int8)")
     click.echo(f"wrote {output}")
 
 

@@ -4,6 +4,7 @@ import qfsdk.models as _models  # noqa: F401  (first: model families register th
 
 from . import bias_correction as _bias_correction  # noqa: F401  (registers the PTQ steps)
 from . import equalization as _equalization  # noqa: F401
+from . import float_fallback as _float_fallback  # noqa: F401
 from . import reconstruction as _reconstruction  # noqa: F401
 from .api import calibrate, quantize, set_range_tracking
 from .checkpoint import load, save_quantized

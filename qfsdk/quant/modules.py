@@ -32,7 +32,7 @@ from .fake_quant import (
     symmetric_scale,
     unsigned_range,
 )
-from .registry import quant_class, register_quant_module
+from .registry import float_class, quant_class, register_quant_module
 from .schemes import SCHEMES
 
 EXPORT_FORMS = ("qdq", "plugin")  # what a quantizer emits inside exporting(): Q/DQ pairs, or FakeQuantize below 8 bits
@@ -372,3 +372,18 @@ def convert(module: nn.Module, mixin: type, weight_bits: int, act_bits: int, sym
     """Give ``module`` the quantized class for its own class and ``mixin``, in place, and add its quantizers."""
     module.__class__ = quant_class(mixin, type(module))
     module.setup(weight_bits=weight_bits, act_bits=act_bits, symmetric=symmetric)
+
+
+def unconvert(module: nn.Module) -> bool:
+    """The inverse of :func:`convert`, in place: the float class back, the quantizers gone; False when
+    ``module``'s class is quantized by definition (it has no float class to return to)."""
+    float_cls = float_class(type(module))
+    if float_cls is None:
+        return False
+    for name, child in list(module.named_children()):
+        if isinstance(child, Quantizer):
+            del module._modules[name]
+    for name in [n for n, v in vars(module).items() if n.endswith("_quantizer") and v is None]:
+        delattr(module, name)
+    module.__class__ = float_cls
+    return True

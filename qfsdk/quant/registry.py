@@ -32,6 +32,7 @@ class QuantRule:
 
 _RULES: list[QuantRule] = []
 _CLASSES: dict[tuple[type, type], type] = {}
+_FLOAT_CLASSES: dict[type, type] = {}  # converted class -> the float class it was made from
 
 
 def register_quant_module(float_type: type, mixin: type, schemes: Iterable[str], *, after_conv_only: bool = False) -> QuantRule:
@@ -61,4 +62,10 @@ def quant_class(mixin: type, float_cls: type) -> type:
         else:
             name = f"Quant{float_cls.__name__}"
             _CLASSES[key] = type(name, (mixin, float_cls), {"__module__": mixin.__module__, "__qualname__": name})
+            _FLOAT_CLASSES[_CLASSES[key]] = float_cls
     return _CLASSES[key]
+
+
+def float_class(quant_cls: type) -> type | None:
+    """The float class :func:`quant_class` made ``quant_cls`` from; None for a class that is quantized itself."""
+    return _FLOAT_CLASSES.get(quant_cls)

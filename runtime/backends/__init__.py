@@ -25,7 +25,8 @@ X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 
 
 def choose_backend(path: str | Path) -> str:
-    """``auto``: tensorrt for an engine; onnxruntime on a GPU it can use; openvino on x86; else onnxruntime."""
+    """``auto``: tensorrt for an engine; onnxruntime on a GPU it can use; openvino on x86, except for a model
+    with full-range int8 weights on a CPU without VNNI, where OpenVINO's int8 kernels saturate; else onnxruntime."""
     if Path(path).suffix.lower() in ENGINE_SUFFIXES:
         return "tensorrt"
     from .ort import gpu_providers
@@ -33,7 +34,12 @@ def choose_backend(path: str | Path) -> str:
     if gpu_providers():
         return "onnxruntime"
     if platform.machine().lower() in X86 and importlib.util.find_spec("openvino") is not None:
-        return "openvino"
+        from .ov import saturates_here
+
+        if not saturates_here(path):
+            return "openvino"
+        log.warning("%s: backend auto -> onnxruntime: this CPU has no VNNI, where OpenVINO's int8 kernels saturate "
+                    "this model's full-range 8-bit weights (pass --backend openvino to run it there anyway)", path)
     return "onnxruntime"
 
 
