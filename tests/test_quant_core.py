@@ -260,16 +260,21 @@ class ChainNet(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
+def _uneven_chain() -> nn.Module:
+    """A ChainNet whose channel ranges differ by 1000x, as in folded MobileFaceNets: no per-tensor int8 grid holds them."""
+    torch.manual_seed(0)
+    model = ChainNet().eval()
+    with torch.no_grad():
+        model.bn1.weight.copy_(torch.logspace(-2, 1, 8))
+        model.conv2.weight.mul_(torch.logspace(1, -2, 8).view(-1, 1, 1, 1))
+    return describe(model, CONTRACT, "chain")
+
+
 @pytest.mark.parametrize("by, narrower, iterations", [("weights", 3, 20), ("activations", 10, 2)])
 def test_equalization_keeps_the_float_function_and_evens_out_channel_ranges(by, narrower, iterations):
     from qfsdk.quant.modules import bypassed
 
-    torch.manual_seed(0)
-    float_model = ChainNet().eval()
-    with torch.no_grad():  # channels whose ranges differ by orders of magnitude, as in folded MobileFaceNets
-        float_model.bn1.weight.copy_(torch.logspace(-2, 1, 8))
-        float_model.conv2.weight.mul_(torch.logspace(1, -2, 8).view(-1, 1, 1, 1))
-    describe(float_model, CONTRACT, "chain")
+    float_model = _uneven_chain()
     data = _data(16)
     with torch.no_grad():
         expected = float_model(data)
@@ -368,12 +373,7 @@ def test_keep_float_returns_the_costliest_layer_to_float_through_checkpoint_and_
     from qfsdk.quant.float_fallback import layer_costs
     from qfsdk.quant.modules import QuantModule
 
-    torch.manual_seed(0)
-    float_model = ChainNet().eval()
-    with torch.no_grad():  # channels whose ranges differ by 1000x: a per-tensor int8 input cannot hold them
-        float_model.bn1.weight.copy_(torch.logspace(-2, 1, 8))
-        float_model.conv2.weight.mul_(torch.logspace(1, -2, 8).view(-1, 1, 1, 1))
-    describe(float_model, CONTRACT, "chain")
+    float_model = _uneven_chain()
     data = _data(16)
     with torch.no_grad():
         expected = float_model(data)
@@ -392,7 +392,7 @@ def test_keep_float_returns_the_costliest_layer_to_float_through_checkpoint_and_
             return float(nn.functional.cosine_similarity(model(data), expected).min())
 
     assert min_cosine(kept) > min_cosine(plain)
-    register_builder("test_chain", lambda spec, payload: describe(copy.deepcopy(float_model), CONTRACT, "chain"))
+    register_builder("test_chain", lambda spec, payload: _uneven_chain())
     try:
         card_of(kept).rebuild = {"kind": "test_chain"}
         loaded = qfsdk.load(qfsdk.save_quantized(kept, tmp_path / "chain.safetensors"))
