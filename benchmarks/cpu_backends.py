@@ -11,7 +11,8 @@ a preprocessed batch (after warm-up) and images/s, for
   MinMax, calibrated on the same images as qfsdk;
 * ``qfsdk_w8a8``: ``qfsdk.quantize(model, {"preset": "w8a8", "scheme": S})`` + ``qfsdk.calibrate``
   exported by ``qfsdk.converters.export_quantized`` for each backend's target, with the placement
-  scheme made for it (``BACKEND_SCHEMES``),
+  scheme made for it (``BACKEND_SCHEMES``); ``qfsdk_w8a8_asymmetric``: the same with
+  ``asymmetric_acts`` (zero-point activations, min/max ranges), what zero points cost in speed,
 
 the fp32 and peer files each on ONNX Runtime and OpenVINO. iresnet50 and MobileFaceNet have seeded
 random weights (none ship in a package) and see seeded uniform noise (calibration and evaluation
@@ -89,8 +90,8 @@ def peer_int8(fp32: Path, path: Path, calibration: np.ndarray) -> Path:
     return path
 
 
-def qfsdk_w8a8(float_model: torch.nn.Module, calibration: np.ndarray, scheme: str) -> torch.nn.Module:
-    model = qfsdk.quantize(copy.deepcopy(float_model), {"preset": "w8a8", "scheme": scheme})
+def qfsdk_w8a8(float_model: torch.nn.Module, calibration: np.ndarray, scheme: str, asymmetric: bool = False) -> torch.nn.Module:
+    model = qfsdk.quantize(copy.deepcopy(float_model), {"preset": "w8a8", "scheme": scheme, "asymmetric_acts": asymmetric})
     qfsdk.calibrate(model, torch.from_numpy(calibration))
     return model
 
@@ -163,18 +164,22 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> dict[str, 
     contract = float_model.contract
     fp32 = export_float(float_model, folder / f"{name}_fp32.onnx", contract, name)
     quantized = {b: qfsdk_w8a8(float_model, calibration, BACKEND_SCHEMES[b]) for b in BACKENDS}
+    asymmetric = {b: qfsdk_w8a8(float_model, calibration, BACKEND_SCHEMES[b], asymmetric=True) for b in BACKENDS}
     artifacts: dict[str, dict[str, Path]] = {
         "fp32": {b: fp32 for b in BACKENDS},
         "peer_int8": dict.fromkeys(BACKENDS, peer_int8(fp32, folder / f"{name}_ort_int8.onnx", calibration)),
         "qfsdk_w8a8": {b: export_quantized(quantized[b], folder / f"{name}_w8a8_{b}.onnx", target=b) for b in BACKENDS},
+        "qfsdk_w8a8_asymmetric": {b: export_quantized(asymmetric[b], folder / f"{name}_w8a8_asym_{b}.onnx", target=b)
+                                  for b in BACKENDS},
     }
     float_reference = torch_embeddings(float_model, eval_batch)
     rows = []
     for artifact, per_backend in artifacts.items():
         for backend, path in per_backend.items():
             references = {"float": float_reference}
-            if artifact == "qfsdk_w8a8":
-                references["fakequant"] = torch_embeddings(quantized[backend], eval_batch)
+            if artifact.startswith("qfsdk_w8a8"):
+                fake_quant = (asymmetric if artifact.endswith("asymmetric") else quantized)[backend]
+                references["fakequant"] = torch_embeddings(fake_quant, eval_batch)
             rows += [{"artifact": artifact, **row} for row in bench_artifact(path, backend, eval_batch, references, args)]
     batch_size = max(args.batch_sizes)
     share = None

@@ -16,23 +16,26 @@ Prints one JSON document. The models are OpenCV's SFace and faceplugin's MobileF
 every tool calibrates on the calibration half and all are scored on the other half. Per model and
 (tool, method): the minimum and mean cosine, over the scoring crops, of the quantized model's
 embedding vs the source float model's, both run on ONNX Runtime CPU one image at a time (the two
-graphs have batch 1), and the seconds the tool's call took (its imports included, in a fresh
-process). Every tool starts from the same float graph, normalised only as far as all of them need
+graphs have batch 1), the same quantized file on OpenVINO CPU (``openvino_*``, where it is
+installed), and the seconds the tool's call took (its imports included, in a fresh process). Every tool starts from the same float graph, normalised only as far as all of them need
 (weights out of the input list, opset 13), and then follows its own documented path:
 
 * ``onnxruntime``: ``quant_pre_process``, then ``quantize_static``: QDQ, per-channel S8S8, MinMax or
-  Percentile (its default 99.999);
+  Percentile (its default 99.999), and the same with U8 activations and zero points (``_u8``: U8S8);
 * ``modelopt``: ``modelopt.onnx.quantization.quantize``, int8, ``max`` or ``entropy`` calibration on
   the CPU execution provider; fp32 outside the Q/DQ pairs (its fp16 default is for TensorRT and
   would add fp16 error on ONNX Runtime CPU);
 * ``nncf``: ``nncf.quantize`` on the ONNX model, preset ``performance`` or ``mixed``, every
   calibration crop in its subset;
 * ``qfsdk``: no real face at all: ``qfsdk import``, 64 synthetic images made from the model itself
-  (``auto`` inversion, made once per model: the first recipe's seconds include them), W8A8 PTQ with
+  (``auto`` inversion, made once per model and kept in ``.cache/ptq-recipes``, shared with
+  ``ptq_recipes.py``: the first recipe's seconds include them), W8A8 PTQ with
   percentile ranges and the recipe named (``ranges``, ``ranges+bias_correction``,
   ``equalize+ranges+bias_correction``: ``qfsdk calibrate``'s W8A8 default, equalization by weights;
-  ``equalize:by=activations+ranges+bias_correction``), the default
-  (TensorRT-ready) export. It needs no peer package: ``--tools qfsdk`` runs in the project's venv.
+  ``equalize:by=activations+ranges+bias_correction``; ``...@asymmetric``: the default recipe with
+  ``--asymmetric-acts``, zero-point activations over their min/max, for the CPU backends), the default
+  export (TensorRT-ready for symmetric activations, OpenVINO/ONNX Runtime for asymmetric ones). It
+  needs no peer package: ``--tools qfsdk onnxruntime`` runs in the project's venv.
 
 A tool is a function ``(job, method) -> quantized ONNX path`` in ``TOOLS``, run in a process of its
 own (ModelOpt patches ONNX Runtime's quantization modules); a tool that is missing or fails gives its
@@ -60,6 +63,7 @@ import onnxruntime as ort
 from onnxruntime import quantization as ort_quant
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # real_models: registry models and crops
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ptq_recipes: the synthetic sets, made once
 
 from real_models import REAL_MODELS, RealModel, crop_halves  # noqa: E402
 
@@ -108,17 +112,20 @@ class _Feeds(ort_quant.CalibrationDataReader):
 
 
 def quantize_onnxruntime(job: Job, method: str) -> Path:
-    """``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel S8S8) with MinMax or Percentile."""
+    """``quant_pre_process`` + ``quantize_static`` (QDQ, per-channel int8 weights) with MinMax or Percentile;
+    activations S8 (symmetric), or U8 with a zero point for ``METHOD_u8`` (U8S8, asymmetric)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     ready = job.folder / f"{job.model.name}_onnxruntime_pre.onnx"
     quant_pre_process(str(job.normalised), str(ready))
     calibrate = {"minmax": ort_quant.CalibrationMethod.MinMax, "percentile": ort_quant.CalibrationMethod.Percentile}
+    name, _, form = method.partition("_")
+    activations = ort_quant.QuantType.QUInt8 if form == "u8" else ort_quant.QuantType.QInt8
     out = job.output("onnxruntime", method)
     ort_quant.quantize_static(str(ready), str(out), _Feeds(job.input_name, job.calibration),
                               quant_format=ort_quant.QuantFormat.QDQ, per_channel=True,
-                              activation_type=ort_quant.QuantType.QInt8, weight_type=ort_quant.QuantType.QInt8,
-                              calibrate_method=calibrate[method])  # fmt: skip
+                              activation_type=activations, weight_type=ort_quant.QuantType.QInt8,
+                              calibrate_method=calibrate[name])  # fmt: skip
     return out
 
 
@@ -146,42 +153,45 @@ def quantize_nncf(job: Job, method: str) -> Path:
     return out
 
 
-SYNTHETIC_IMAGES = 64  # qfsdk calibrate's default
+QFSDK_WORK = Path(__file__).resolve().parents[1] / ".cache" / "ptq-recipes"  # imports and synthetic sets, shared with ptq_recipes.py
 
 
 def quantize_qfsdk(job: Job, recipe: str) -> Path:
     """qfsdk with NO real face: ``qfsdk import``, synthetic images made from the model itself (once per
     model, reused by every recipe), PTQ with ``recipe`` (``qfsdk calibrate --recipe`` steps joined by
-    ``+``), the default export.
-    ``job.calibration`` (the real faces) is never read."""
+    ``+``; ``RECIPE@asymmetric``: with ``asymmetric_acts``, zero-point activations over their min/max),
+    the default export. ``job.calibration`` (the real faces) is never read."""
     import copy
 
     import qfsdk
     from qfsdk.calib.sources import open_source
-    from qfsdk.calib.synth import synthesize
     from qfsdk.converters import export_quantized
     from qfsdk.converters.onnx_import import ImportOptions, import_onnx
     from qfsdk.models import create
     from qfsdk.quant.algorithms import parse_recipe
 
-    imported = job.folder / f"{job.model.name}_qfsdk_float.onnx"
+    from ptq_recipes import synthetic_images
+
+    QFSDK_WORK.mkdir(parents=True, exist_ok=True)
+    imported = QFSDK_WORK / f"{job.model.name}_float.onnx"
     if not imported.is_file():
         mean, std = (job.model.mean,) * 3, (job.model.std,) * 3
         import_onnx(job.source, imported, ImportOptions(mean=mean, std=std))
-    synthetic = job.folder / f"{job.model.name}_qfsdk_synthetic"
-    synthesize(str(imported), synthetic, SYNTHETIC_IMAGES, seed=0)  # a complete dataset is reused as it is
     model = create(str(imported))
-    data, _ = open_source(synthetic, model)
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), "w8a8"), data, method="percentile",
-                                algorithm=parse_recipe(recipe.replace("+", ",")))
+    data, _ = open_source(synthetic_images(str(imported), QFSDK_WORK / f"{job.model.name}_synthetic"), model)
+    steps, _, acts = recipe.partition("@")
+    asymmetric = acts == "asymmetric"
+    config = {"preset": "w8a8", "asymmetric_acts": asymmetric}
+    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
+                                method=None if asymmetric else "percentile", algorithm=parse_recipe(steps.replace("+", ",")))
     return export_quantized(quantized, job.output("qfsdk", recipe))
 
 
 Quantizer = Callable[[Job, str], Path]
 TOOLS: dict[str, tuple[Quantizer, tuple[str, ...]]] = {
     "qfsdk": (quantize_qfsdk, ("ranges", "ranges+bias_correction", "equalize+ranges+bias_correction",
-                               "equalize:by=activations+ranges+bias_correction")),
-    "onnxruntime": (quantize_onnxruntime, ("minmax", "percentile")),
+                               "equalize:by=activations+ranges+bias_correction", "equalize+ranges+bias_correction@asymmetric")),
+    "onnxruntime": (quantize_onnxruntime, ("minmax", "percentile", "minmax_u8", "percentile_u8")),
     "modelopt": (quantize_modelopt, ("max", "entropy")),
     "nncf": (quantize_nncf, ("performance", "mixed")),
 }
@@ -195,6 +205,17 @@ def embeddings(path: Path, inputs: list[np.ndarray], threads: int) -> np.ndarray
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: x})[0] for x in inputs])
+
+
+def openvino_fidelity(path: Path, scoring: list[np.ndarray], reference: np.ndarray) -> dict[str, float]:
+    """:func:`fidelity` of the same file on OpenVINO CPU (the embedded default); empty without openvino."""
+    try:
+        import openvino
+    except ImportError:
+        return {}
+    compiled = openvino.Core().compile_model(str(path), "CPU")
+    cos = cosines(np.concatenate([compiled(x)[0] for x in scoring]), reference)
+    return {"openvino_min_cosine": round(float(cos.min()), 6), "openvino_mean_cosine": round(float(cos.mean()), 6)}
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -215,13 +236,14 @@ def qdq_count(path: Path) -> int:
 
 def run_tool(job: Job, tool: str, method: str, scoring: list[np.ndarray], reference: np.ndarray,
              threads: int) -> dict[str, Any]:
-    """One (tool, method) row: seconds, fidelity, QuantizeLinear count, or the error it raised."""
+    """One (tool, method) row: seconds, fidelity on ONNX Runtime and OpenVINO, QuantizeLinear count, or the error it raised."""
     try:
         path, seconds = run_isolated(job, tool, method)
     except Exception as exc:  # a peer that is missing or fails is a result, not the end of the run
         return {"tool": tool, "method": method, "error": f"{type(exc).__name__}: {str(exc).strip()[-300:]}"}
     return {"tool": tool, "method": method, "seconds": round(seconds, 1),
-            **fidelity(path, scoring, reference, threads), "quantize_linear_nodes": qdq_count(path)}
+            **fidelity(path, scoring, reference, threads), **openvino_fidelity(path, scoring, reference),
+            "quantize_linear_nodes": qdq_count(path)}
 
 
 def run_isolated(job: Job, tool: str, method: str) -> tuple[Path, float]:

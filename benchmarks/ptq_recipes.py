@@ -3,15 +3,19 @@
     python benchmarks/ptq_recipes.py                                   # every model, bits and recipe below
     python benchmarks/ptq_recipes.py --models dlib_resnet --bits w4a8 \\
         --recipes ranges ranges,reconstruct --work /tmp/ptq                # one cell
+    python benchmarks/ptq_recipes.py --bits w8a8 --recipes equalize,ranges,bias_correction \\
+        --acts symmetric asymmetric                                        # the CPU targets' activations
 
 Prints one JSON document. Per model, 64 synthetic images are made once from the model itself
 (``qfsdk synth``'s ``auto`` inversion, seed 0) and kept in ``--work``, so reruns reuse them and
 every recipe sees the same images. No real face is used for calibration or reconstruction. Each
-(bits, recipe) is run through ``qfsdk.calibrate`` with percentile ranges and scored in PyTorch
+(acts, bits, recipe) is run through ``qfsdk.calibrate`` with percentile ranges (``--acts asymmetric``:
+``asymmetric_acts``, zero-point activations over their min/max, the CPU backends' form) and scored in PyTorch
 (fake quantization: the ONNX export reproduces it, see ``benchmarks/export_real.py``): minimum and
 mean cosine vs the float model over real faces (dlib_resnet: its 12 real chips; SFace and
 fr_feature: the 10 scoring crops of ``tests/real_models.crop_halves``, the half the peers of
-``benchmarks/peers.py`` are scored on), and the recipe's wall-clock seconds on ``--threads`` threads (synthesis excluded).
+``benchmarks/peers.py`` are scored on; dlib_resnet also its decision flips over the chips' 66 pairs at
+its threshold), and the recipe's wall-clock seconds on ``--threads`` threads (synthesis excluded).
 ``default`` marks the recipe ``qfsdk calibrate`` runs at those bits.
 """
 
@@ -34,13 +38,16 @@ sys.path.insert(0, str(ROOT / "tests"))  # real_models, face_photos: registry mo
 import qfsdk  # noqa: E402
 from qfsdk.calib.sources import open_source  # noqa: E402
 from qfsdk.calib.synth import synthesize  # noqa: E402
+from fidelity import fidelity as pair_fidelity  # noqa: E402  (benchmarks/fidelity.py)
 from qfsdk.models import create  # noqa: E402
+from qfsdk.models.card import card_of  # noqa: E402
 from qfsdk.quant.algorithms import best_recipe, parse_recipe, recipe_text  # noqa: E402
 from qfsdk.quant.config import preset  # noqa: E402
 
 SYNTHETIC_IMAGES = 64
 MODELS = ("dlib_resnet", "sface", "fr_feature")
 BITS = ("w8a8", "w6a6", "w4a8")
+ACTS = ("symmetric",)  # --acts asymmetric adds ``asymmetric_acts`` rows
 RECIPES = ("ranges", "ranges,bias_correction", "equalize,ranges,bias_correction",
            "equalize,ranges,keep_float:layers=3,bias_correction", "ranges,reconstruct",
            "ranges,reconstruct:ranges=false")
@@ -65,16 +72,34 @@ def float_model(name: str, work: Path) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, torch.from_numpy(model.contract.preprocess(np.stack([crop for _, crop in scoring])))
 
 
-def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch.Tensor, bits: str, recipe: str) -> dict:
+def synthetic_images(source: str, folder: Path) -> Path:
+    """The model's synthetic images in ``folder``, made once: a complete set is reused as it is (``qfsdk
+    synth`` would refuse one made on another thread count, whose last bits may differ)."""
+    manifest = folder / "manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get("complete")):
+        synthesize(source, folder, SYNTHETIC_IMAGES, seed=0)
+    return folder
+
+
+def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch.Tensor, bits: str, recipe: str,
+             acts: str) -> dict:
     steps = parse_recipe(recipe)
+    asymmetric = acts == "asymmetric"
+    config = preset(bits, asymmetric_acts=True) if asymmetric else preset(bits)
     start = time.perf_counter()
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), bits), data, method="percentile", algorithm=steps)
+    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
+                                method=None if asymmetric else "percentile", algorithm=steps)
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        cosines = torch.nn.functional.cosine_similarity(quantized(faces), reference)
+        embeddings = quantized(faces)
+    cosines = torch.nn.functional.cosine_similarity(embeddings, reference)
     default = list(best_recipe(preset(bits).weight_bits))
-    return {"recipe": recipe_text(steps), "default": steps == default, "min_cosine": round(float(cosines.min()), 5),
-            "mean_cosine": round(float(cosines.mean()), 5), "seconds": round(seconds, 1)}
+    contract = card_of(model).contract
+    flips = {}
+    if contract.distance == "euclidean":  # dlib_resnet: same/different-person decisions at its threshold
+        flips = {"decision_flips": pair_fidelity(embeddings, reference, contract.threshold)["decision_flips"]}
+    return {"acts": acts, "recipe": recipe_text(steps), "default": steps == default and not asymmetric, "min_cosine": round(float(cosines.min()), 5),
+            "mean_cosine": round(float(cosines.mean()), 5), **flips, "seconds": round(seconds, 1)}
 
 
 def main() -> None:
@@ -82,6 +107,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--bits", nargs="+", default=list(BITS))
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help="each a `qfsdk calibrate --recipe` value")
+    parser.add_argument("--acts", nargs="+", default=list(ACTS), choices=("symmetric", "asymmetric"),
+                        help="activation form: symmetric (every target) and/or asymmetric (--asymmetric-acts: CPU backends)")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "ptq-recipes", help="imports and synthetic images")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -93,11 +120,12 @@ def main() -> None:
         model, faces = float_model(name, args.work)
         synthetic = args.work / f"{name}_synthetic"
         source = name if name == "dlib_resnet" else str(args.work / f"{name}_float.onnx")
-        synthesize(source, synthetic, SYNTHETIC_IMAGES, seed=0)  # a complete dataset is reused as it is
+        synthetic_images(source, synthetic)
         data, _ = open_source(synthetic, model)
         with torch.no_grad():
             reference = model(faces)
-        rows = [dict(bits=bits, **run_cell(model, data, faces, reference, bits, recipe)) for bits in args.bits for recipe in args.recipes]
+        rows = [dict(bits=bits, **run_cell(model, data, faces, reference, bits, recipe, acts))
+                for acts in args.acts for bits in args.bits for recipe in args.recipes]
         result["models"][name] = rows
         print(json.dumps({name: rows}), file=sys.stderr, flush=True)  # progress: one model at a time
     print(json.dumps(result, indent=2))

@@ -270,8 +270,9 @@ def recalibrate_synthetic(model: nn.Module, source: Source, options: ConvertOpti
     teacher = float_twin(source.model, source.architecture)
     data = synthetic_source(teacher, source.contract, options.num_images, seed=0, batch_size=min(32, options.num_images),
                             iterations=options.iterations, progress=True)
-    qfsdk.calibrate(model, data, method="percentile")
-    line = f"ranges re-fitted on {options.num_images} synthetic images (percentile)"
+    method = "minmax" if card_of(model).quant_config.asymmetric_activations else "percentile"
+    qfsdk.calibrate(model, data, method=method)
+    line = f"ranges re-fitted on {options.num_images} synthetic images ({method})"
     if added:
         line += f"; {len(added)} layer inputs the source left float now int8 ({_listing(added)})"
     return line
@@ -299,7 +300,10 @@ def plugin_summary(path: Path) -> str:
 def _bits(model: nn.Module) -> str:
     card = card_of(model, required=False)
     config = card.quant_config if card is not None else None
-    return "float" if config is None else f"W{config.weight_bits}A{config.act_bits} ({config.scheme} placement)"
+    if config is None:
+        return "float"
+    return (f"W{config.weight_bits}A{config.act_bits} ({config.scheme} placement"
+            + (", asymmetric activations)" if config.asymmetric_acts else ")"))
 
 
 # ---- the pipeline --------------------------------------------------------------------------------------------------
@@ -311,6 +315,11 @@ def choose_target(text: str, source: Source, options: ConvertOptions) -> Target:
     made_for = default_target(source.model)
     target = get_target(options.target or made_for)
     if target.symmetric_only and target.name != made_for and not options.allow_nonconforming:
+        config = card_of(source.model).quant_config
+        if config.asymmetric_acts:
+            raise QfsdkError(f"{text}: its activations have zero points (--asymmetric-acts), which TensorRT cannot run; "
+                             f"convert it with --target {made_for} (or onnxruntime), or calibrate without "
+                             "--asymmetric-acts for TensorRT")
         raise QfsdkError(f"{text}: its quantizers use the onnxruntime placement (conv outputs quantized, Q/DQ into "
                          "PReLU), which TensorRT cannot fuse; convert it with --target onnxruntime (or openvino), or "
                          "calibrate with --scheme tensorrt for TensorRT")

@@ -66,10 +66,14 @@ TARGETS: dict[str, Target] = {
 
 def default_target(model: nn.Module) -> str:
     """The target the model's placement scheme is made for (``onnxruntime`` for that scheme); ``tensorrt``
-    for other schemes and float models."""
+    for other schemes and float models, ``openvino`` for their placement with asymmetric activations
+    (TensorRT runs zero point 0 only)."""
     card = card_of(model, required=False)
     config = card.quant_config if card is not None else None
-    return get_scheme(config.scheme).target if config is not None else "tensorrt"
+    if config is None:
+        return "tensorrt"
+    target = get_scheme(config.scheme).target
+    return "openvino" if config.asymmetric_acts and TARGETS[target].symmetric_only else target
 
 
 def get_target(name: str) -> Target:
@@ -104,7 +108,7 @@ def export_quantized(
     model: nn.Module,
     path: str | Path,
     *,
-    target: str = "tensorrt",
+    target: str | None = None,
     contract=None,
     architecture: str | None = None,
     opset: int = DEFAULT_OPSET,
@@ -116,10 +120,10 @@ def export_quantized(
     The graph has a dynamic batch dimension, per-channel int8 weight initializers and constant
     per-tensor activation scales; the model contract and quantization settings are stored in its
     metadata. ``act_plugin``: sub-8-bit activation quantizers become ``qfsdk::FakeQuantize`` nodes
-    (see the module docstring).
+    (see the module docstring). ``target``: default, the one the model is made for (:func:`default_target`).
     """
-    spec = get_target(target)
     quant_config_of(model)  # a clear error for a model that was never quantized
+    spec = get_target(target or default_target(model))
     card = card_of(model)
     contract = contract or card.contract
     architecture = architecture or card.architecture

@@ -4,7 +4,8 @@ A placement made for another backend gives the same embeddings, only slower: ONN
 kernels run a conv in int8 only when its output is quantized too (the ``onnxruntime`` placement),
 so a ``tensorrt``-placement file there runs float convs between Q/DQ pairs, often slower than the
 float model; OpenVINO and TensorRT run the ``tensorrt`` placement fastest. The placement is the
-``scheme`` of the ``qfsdk.quant_config`` metadata that ``qfsdk convert`` writes.
+``scheme`` of the ``qfsdk.quant_config`` metadata that ``qfsdk convert`` writes; activations with zero
+points (``asymmetric_acts``) are for the CPU backends only.
 """
 
 from __future__ import annotations
@@ -46,15 +47,21 @@ def placement_note(model_path: str | Path, backend: str) -> str | None:
     except (ModelFileError, KeyError, TypeError, ValueError):
         return None  # not a qfsdk quantized file: nothing to say (the contract read reports real errors)
     made_for = MADE_FOR.get(scheme)
+    asymmetric = config.get("asymmetric_acts") is True  # zero points: not for TensorRT
+    if made_for is not None and asymmetric:
+        made_for = tuple(b for b in made_for if b != "tensorrt")
     if made_for is None or backend in made_for:
         return None
     right, cost = RIGHT_SCHEME[backend]
+    flag = " --asymmetric-acts" if asymmetric and backend != "tensorrt" else ""
+    if asymmetric and backend == "tensorrt":
+        cost = "its activations have zero points (--asymmetric-acts), which TensorRT cannot run"
     arch = metadata.get(ARCHITECTURE_KEY) or "NAME"
     name = arch.removeprefix(IMPORTED_PREFIX) if arch != "NAME" else "model"
     if arch.startswith(IMPORTED_PREFIX):
         arch = f"<your qfsdk import of {name}.onnx>"  # its path is not recorded in the quantized file
     stem = f"{name}_{bits.lower()}_{right}"
     return (f"{path}: {bits} with the {scheme} placement, made for {' and '.join(NAMES[b] for b in made_for)}; "
-            f"{cost}. For {NAMES[backend]}, make the file with `qfsdk calibrate --model {arch} ... --scheme {right} "
+            f"{cost}. For {NAMES[backend]}, make the file with `qfsdk calibrate --model {arch} ... --scheme {right}{flag} "
             f"-o {stem}.safetensors` and `qfsdk convert {stem}.safetensors --target {backend} -o {stem}.onnx`"
             f"{', or run this one on ' + ' or '.join(made_for[::-1]) if backend == 'onnxruntime' else ''}")

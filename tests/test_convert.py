@@ -278,3 +278,66 @@ def test_onnxruntime_target_of_the_tensorrt_placement_says_how_to_get_int8_convs
                                        "--target", "onnxruntime"])
     assert result.exit_code == 0, result.output
     assert "calibrate with --scheme onnxruntime" in result.output and "qfsdk check:  not run" in result.output
+
+
+def test_asymmetric_activations_run_on_the_cpu_backends_and_are_refused_for_tensorrt(tmp_path):
+    """``asymmetric_acts``: zero-point activations over [min, max] (weights stay symmetric) export
+    exactly, convert for OpenVINO by default, and ONNX Runtime fuses the onnxruntime placement's convs
+    into QLinearConv with them; TensorRT, which runs zero point 0 only, is refused with the fix named."""
+    import openvino as ov
+
+    from qfsdk.quant.algorithms import act_quantizers, weight_quantizers
+
+    model = create("dlib_resnet")
+    x = probe_inputs(model)  # real face chips
+    runner = CliRunner()
+    for scheme, target, fused in (("tensorrt", "openvino", False), ("onnxruntime", "onnxruntime", True)):
+        config = {"preset": "w8a8", "scheme": scheme, "asymmetric_acts": True}
+        quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), x)
+        assert quantized.calibration["method"] == "minmax"
+        assert not any(q.symmetric for _, q in act_quantizers(quantized))
+        assert all(q.symmetric for _, q in weight_quantizers(quantized))
+        checkpoint = qfsdk.save_quantized(quantized, tmp_path / f"{scheme}.safetensors")
+        output = tmp_path / f"{scheme}.onnx"
+        result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(output)])
+        assert result.exit_code == 0, result.output
+        assert f"target:       {target}" in result.output and "asymmetric activations" in result.output
+        graph = onnx.load(str(output)).graph
+        constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+        zero_points = [constants[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+        assert sum(bool(np.any(z != 0)) for z in zero_points) > len(zero_points) // 2
+        assert export_parity(quantized, output, x).forced_cosine.min() >= PARITY
+        on_openvino = ov.Core().compile_model(str(output), "CPU")(x.numpy())[0]
+        assert cosines(on_openvino, run_ort(output, x.numpy())).min() >= 0.9995
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{scheme}_optimized.onnx")
+        ort.InferenceSession(str(output), options, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+        assert ("QLinearConv" in ops) == fused  # as many as with symmetric activations (dlib: 19 of 29)
+
+        refused = tmp_path / f"{scheme}_trt.onnx"
+        result = runner.invoke(main, ["convert", str(checkpoint), "-o", str(refused), "--target", "tensorrt"])
+        assert result.exit_code == 1 and "zero points" in result.output and "--asymmetric-acts" in result.output
+        assert not refused.exists()
+
+
+def test_asymmetric_activations_halve_the_step_of_one_sided_ranges():
+    """On dlib's ReLU network each never-negative activation gets the whole int8 grid: half the
+    symmetric step for the same [0, max] range."""
+    model = create("dlib_resnet")
+    chips = probe_inputs(model)
+    steps = {}
+    for asymmetric in (False, True):
+        config = {"preset": "w8a8", "asymmetric_acts": asymmetric}
+        quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), chips, method="minmax")
+        steps[asymmetric] = {n: (q.form().scale, float(q.x_min)) for n, q in act_quantizers_of(quantized)}
+    one_sided = [n for n, (_, low) in steps[True].items() if low == 0]
+    assert len(one_sided) > 30
+    for name in one_sided:
+        assert steps[True][name][0] == pytest.approx(steps[False][name][0] * 127 / 255, rel=1e-5)
+
+
+def act_quantizers_of(model):
+    from qfsdk.quant.algorithms import act_quantizers
+
+    return act_quantizers(model)

@@ -149,3 +149,26 @@ def test_full_range_int8_weights_avoid_openvino_where_its_int8_kernels_saturate(
         warned = [r.getMessage() for r in caplog.records if "no VNNI" in r.getMessage() or "without VNNI" in r.getMessage()]
         assert chosen == ("onnxruntime" if saturates and full_range else "openvino"), path
         assert len(warned) == (2 if saturates and full_range else 0), warned
+
+
+def test_asymmetric_activations_are_placed_for_the_cpu_backends_only(placements, tmp_path):
+    """Zero-point activations on the tensorrt placement: made for OpenVINO; ONNX Runtime is told the
+    command that keeps them, TensorRT why it cannot run them."""
+    import torch
+
+    import qfsdk
+    from qfsdk.models import create
+    from qfsdk.runtime.placement import placement_note
+
+    torch.manual_seed(0)
+    model = create("mobilefacenet")
+    crops = torch.from_numpy(model.contract.preprocess(np.stack([crop for _, crop in arcface_crops()[:4]])))
+    quantized = qfsdk.calibrate(qfsdk.quantize(model, {"preset": "w8a8", "asymmetric_acts": True}), crops)
+    checkpoint = qfsdk.save_quantized(quantized, tmp_path / "asym.safetensors")
+    onnx_file = tmp_path / "asym.onnx"
+    assert CliRunner().invoke(main, ["convert", str(checkpoint), "-o", str(onnx_file)]).exit_code == 0
+    assert placement_note(onnx_file, "openvino") is None
+    assert "--scheme onnxruntime --asymmetric-acts" in placement_note(onnx_file, "onnxruntime")
+    note = placement_note(onnx_file, "tensorrt")
+    assert "zero points (--asymmetric-acts), which TensorRT cannot run" in note and "--asymmetric-acts -o" not in note
+    assert placement_note(placements["tensorrt"], "tensorrt") is None

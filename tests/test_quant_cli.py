@@ -90,6 +90,31 @@ def test_calibrate_bad_input_fails_before_work_in_one_line(tmp_path, face_folder
     assert not (tmp_path / "x.safetensors").exists()
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "percentile"], "--method percentile does not apply with --asymmetric-acts"),
+        (["--scheme", "quantface"], "scheme 'quantface' is asymmetric already"),
+    ],
+)
+def test_asymmetric_acts_refuses_what_does_not_apply_in_one_line(tmp_path, face_folder, args, message):
+    out = tmp_path / "x.safetensors"
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--asymmetric-acts", *args, "-o", out)
+    assert result.exit_code == 1, result.output
+    assert message in result.output and result.output.strip().count("\n") == 0
+    assert not out.exists()
+
+
+def test_calibrate_with_asymmetric_acts_records_them_and_their_min_max_ranges(tmp_path, face_folder):
+    out = tmp_path / "mfn_asym.safetensors"
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--asymmetric-acts", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "(8/8-bit, tensorrt, asymmetric activations, minmax," in result.output
+    model = qfsdk.load(out)
+    assert model.quant_config.asymmetric_acts and model.quant_config.observer == "minmax"
+    assert model.calibration["method"] == "minmax"
+
+
 def test_a_recipe_with_step_options_is_saved_and_printed_by_convert(tmp_path, face_folder):
     out = tmp_path / "mfn_w4a8.safetensors"
     recipe = "ranges,reconstruct:iterations=3:batch_size=4,bias_correction"
@@ -140,6 +165,20 @@ def test_resume_with_other_quantization_settings_is_refused_and_writes_nothing(t
     assert "other quantization settings" in resumed.output and "act_bits 4 -> 6" in resumed.output
     assert resumed.output.strip().count("\n") == 0
     assert out.read_bytes() == written and out.with_name("m.qat-state.safetensors").read_bytes() == state
+
+
+def test_qat_with_asymmetric_acts_trains_on_min_max_ranges_with_finite_gradients(tmp_path, face_folder):
+    """Zero-point activations start QAT from min/max ranges; their gradient stops outside the range (the
+    paper's plain straight-through one turned this random MobileFaceNet's loss into NaN in 3 steps)."""
+    out = tmp_path / "asym.safetensors"
+    args = _qat_args(face_folder, out, 3)
+    args[args.index("--bits") + 1] = "w8a8"
+    args.remove("--freeze-bn")
+    result = run_cli(*args, "--asymmetric-acts")
+    assert result.exit_code == 0, result.output
+    assert "nan" not in result.output
+    model = qfsdk.load(out)
+    assert quant_config_of(model).asymmetric_acts and model.calibration["method"] == "minmax"
 
 
 def test_qat_killed_with_sigkill_resumes_to_the_same_result(tmp_path, face_folder):

@@ -9,7 +9,7 @@ import click
 
 from qfsdk.quant.algorithms import ALGORITHMS, BEST_RECIPES, LOW_BIT_RECIPE
 
-from .common import build_config, check_output, method_option, model_options, quant_options
+from .common import build_config, check_output, method_option, model_options, quant_options, range_method
 
 
 @click.command()
@@ -32,7 +32,7 @@ from .common import build_config, check_output, method_option, model_options, qu
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
-def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthetic, data_dir, num_images, iterations, method,
+def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_file, synthetic, data_dir, num_images, iterations, method,
               recipe, batch_size, seed, output) -> None:
     """Quantize MODEL and calibrate its activation ranges (PTQ), without real face data."""
     import torch
@@ -48,7 +48,8 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
 
     source = _data_source(data_dir, synthetic)
     check_output(output, weights, config_file)
-    config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
+    config = build_config(bits, scheme, keep_8bit, config_file, observer=method, asymmetric_acts=asymmetric_acts)
+    method = range_method(method, config)
     make_observer(method, 8)  # validates the method and the recipe before any work
     steps = parse_recipe(recipe) if recipe is not None else list(best_recipe(config.weight_bits))
     model = create(model_name, weights=weights, seed=seed)
@@ -61,7 +62,8 @@ def calibrate(model_name, weights, bits, scheme, keep_8bit, config_file, synthet
         batch = next(iter(data))
         cosine = torch.nn.functional.cosine_similarity(quantized(batch), model(batch)).min().item()
     qfsdk.save_quantized(quantized, output, extra={"data": description})
-    click.echo(f"calibrated {model_name}, {card_of(model).weights} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}, {method}, "
+    asymmetric = ", asymmetric activations" if config.asymmetric_acts else ""
+    click.echo(f"calibrated {model_name}, {card_of(model).weights} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}{asymmetric}, {method}, "
                f"recipe {recipe_text(steps)}) on {description}")
     click.echo(f"quantized vs float on a calibration batch: min cosine {cosine:.5f}")
     kept = float_layers(quantized)

@@ -18,6 +18,8 @@ import click
 
 from qfsdk.errors import ConfigError, QfsdkError
 
+DEFAULT_METHOD = "percentile"  # --method of calibrate and qat's PTQ start, for symmetric activations
+
 
 def check_output(output: Path, *inputs: Path | str | None, folder: bool = False) -> None:
     """Refuse, before any work, an ``output`` that is one of ``inputs`` (it would be overwritten)
@@ -88,7 +90,7 @@ def model_options(fn: Callable) -> Callable:
 
 
 def quant_options(fn: Callable) -> Callable:
-    """``--bits``, ``--scheme``, ``--keep-8bit`` and ``--config``."""
+    """``--bits``, ``--scheme``, ``--asymmetric-acts``, ``--keep-8bit`` and ``--config``."""
     from qfsdk.quant.config import PRESETS, SCHEMES, QuantConfig
 
     @click.option("--bits", default="w8a8", show_default=True, help=f"Preset: {', '.join(PRESETS)}.")
@@ -96,6 +98,10 @@ def quant_options(fn: Callable) -> Callable:
                   help="Quantizer placement: symmetric at conv inputs (tensorrt; also what OpenVINO runs fastest), "
                        "plus conv outputs so ONNX Runtime's CPU kernels run int8 (onnxruntime), or the paper's "
                        "asymmetric one (quantface).")
+    @click.option("--asymmetric-acts", "asymmetric_acts", is_flag=True,
+                  help="Activations with a zero point over their observed [min, max] (weights stay symmetric): "
+                       "finer int8 steps on one-sided PReLU/ReLU outputs, for ONNX Runtime and OpenVINO on the CPU "
+                       "(TensorRT needs zero point 0).")
     @click.option("--keep-8bit", "keep_8bit", multiple=True, metavar="PATTERN",
                   help="Layer name pattern kept at W8A8 (repeatable), e.g. 'conv1*' or 'fc'.")
     @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -111,21 +117,37 @@ def method_option(fn: Callable) -> Callable:
     """``--method``: the activation range observer of a PTQ run (calibrate, and qat's starting point)."""
     from qfsdk.quant.config import OBSERVERS, QuantConfig
 
-    return click.option("--method", default="percentile", show_default=True,
+    return click.option("--method", default=None,
                         help=f"Range observer: {', '.join(OBSERVERS)}; percentile:P picks the percentile "
-                             f"(default {QuantConfig.percentile}).")(fn)
+                             f"(default {QuantConfig.percentile}). Default: {DEFAULT_METHOD}; minmax for "
+                             "asymmetric activations.")(fn)
 
 
-def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, observer: str | None = None):
+def range_method(method: str | None, config) -> str:
+    """The range method a PTQ run uses: ``--method`` (default percentile); min/max for asymmetric activations."""
+    return "minmax" if config.asymmetric_activations else method or DEFAULT_METHOD
+
+
+def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, observer: str | None = None,
+                 asymmetric_acts: bool = False):
     """The validated QuantConfig the options describe; ``observer`` (``--method``) sets the observer and the
-    percentile actually used, so the checkpoint records them."""
+    percentile actually used, so the checkpoint records them. Asymmetric activations keep min/max ranges
+    (``--method`` other than minmax is refused with ``--asymmetric-acts``)."""
     from qfsdk.quant import LayerOverride, QuantConfig
     from qfsdk.quant.config import ASYMMETRIC_SCHEMES
 
     fields: dict[str, Any] = read_config_file(config_file) if config_file is not None else {"preset": bits, "scheme": scheme}
-    if observer:
+    if asymmetric_acts:
+        fields["asymmetric_acts"] = True
+        if observer not in (None, "minmax"):
+            raise ConfigError(f"--method {observer} does not apply with --asymmetric-acts: asymmetric activation ranges "
+                              "are the observed [min, max]; drop --method")
+    asymmetric = fields.get("asymmetric_acts") is True or fields.get("scheme") in ASYMMETRIC_SCHEMES
+    if observer is None and not asymmetric:
+        observer = DEFAULT_METHOD
+    if observer and not asymmetric:
         name, percentile = parse_method(observer)
-        if config_file is None and scheme not in ASYMMETRIC_SCHEMES:
+        if config_file is None:
             fields["observer"] = name
         if percentile is not None:
             fields["percentile"] = percentile

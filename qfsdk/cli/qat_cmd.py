@@ -9,7 +9,7 @@ import click
 
 from qfsdk.quant.config import KD_LOSS_CHOICES
 
-from .common import build_config, check_output, method_option, model_options, quant_options
+from .common import build_config, check_output, method_option, model_options, quant_options, range_method
 
 
 def state_path_for(output: Path) -> Path:
@@ -80,7 +80,7 @@ def check_resumable(state: Path) -> None:
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT's .qat-state.safetensors.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
-def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn, kd_loss,
+def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn, kd_loss,
         range_warmup, method, recipe, validation_images, validate_every, checkpoint_every, seed, resume, output) -> None:
     """Distil the float MODEL into its quantized copy on synthetic (or your own) images."""
     import torch
@@ -97,7 +97,8 @@ def qat(model_name, weights, bits, scheme, keep_8bit, config_file, data, num_ima
     if resume:
         check_resumable(state_path_for(output))
     init_distributed()
-    config = build_config(bits, scheme, keep_8bit, config_file, observer=method)
+    config = build_config(bits, scheme, keep_8bit, config_file, observer=method, asymmetric_acts=asymmetric_acts)
+    method = range_method(method, config)
     make_observer(method, 8)  # validates the method and the recipe before any work
     start = parse_recipe(recipe)
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,

@@ -61,6 +61,8 @@ def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "
             convert(module, rule.mixin, weight_bits, act_bits, symmetric)
     for _, quantizer in act_quantizers(model):
         quantizer.allow_unsigned = config.unsigned_acts
+        if config.asymmetric_acts:
+            quantizer.symmetric, quantizer.clipped_gradient = False, True
     card.quant_config = config
     log.info("quantized %d layers of %s (%s)", len(layers), type(model).__name__, config.to_json())
     return model
@@ -101,14 +103,18 @@ def calibrate(
     """Run a PTQ recipe over ``data`` and return ``model`` (eval mode restored to its previous state).
 
     ``data``: any calibration source (see :func:`qfsdk.calib.data.as_batches`). ``method``:
-    ``minmax``, ``percentile[:P]`` or ``mse`` for activation ranges (default: the config's observer).
+    ``minmax``, ``percentile[:P]`` or ``mse`` for activation ranges (default: the config's observer);
+    asymmetric activations (a zero point each) always take their observed [min, max].
     ``algorithm``: one registered PTQ step or a list of them (:mod:`qfsdk.quant.algorithms`),
     each a name or ``{"name": ..., **options}``; default ``ranges``.
     """
     config = quant_config_of(model)
     steps = resolve_recipe(algorithm)
     card = card_of(model)
-    method = method or config.observer
+    if config.asymmetric_acts and method not in (None, "minmax"):
+        raise ConfigError(f"asymmetric_acts: activation ranges are the observed [min, max], so method {method!r} "
+                          "does not apply (omit it, or use symmetric activations)")
+    method = "minmax" if config.asymmetric_activations else method or config.observer
     run = CalibrationRun(model, config, as_batches(data, card.contract, batch_size), method, progress,
                          keep_batches=len(steps) > 1)
     was_training = model.training

@@ -79,6 +79,9 @@ class QuantConfig:
     float there). ``scheme='quantface'``: the paper's asymmetric quantizer, after every PReLU and
     residual add. ``unsigned_acts``: sub-8-bit symmetric activations that calibrate to no negative
     values use [0, 2^b - 1] (still int8, zero point 0; one more bit of resolution after ReLU).
+    ``asymmetric_acts``: activations of a symmetric scheme get a zero point over their observed
+    [min, max] (weights stay symmetric): the whole int8 grid spans a one-sided PReLU/ReLU output.
+    ONNX Runtime and OpenVINO run it (their CPU kernels take zero points); TensorRT does not.
     """
 
     weight_bits: int = 8
@@ -87,6 +90,7 @@ class QuantConfig:
     observer: str = "minmax"
     percentile: float = 99.999
     unsigned_acts: bool = True
+    asymmetric_acts: bool = False
     overrides: tuple[LayerOverride, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -95,13 +99,24 @@ class QuantConfig:
         get_scheme(self.scheme)
         if self.observer not in OBSERVERS:
             raise ConfigError(f"unknown observer {self.observer!r}; choose one of {', '.join(OBSERVERS)}")
-        if not isinstance(self.unsigned_acts, bool):
-            raise ConfigError(f"unsigned_acts must be true or false, got {self.unsigned_acts!r}")
+        for name in ("unsigned_acts", "asymmetric_acts"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not 0 < self.percentile <= 100:
             raise ConfigError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.asymmetric_acts and not get_scheme(self.scheme).symmetric:
+            raise ConfigError(f"scheme {self.scheme!r} is asymmetric already: asymmetric_acts is for the symmetric schemes")
         if not get_scheme(self.scheme).symmetric and self.observer != "minmax":
             raise ConfigError("scheme 'quantface' uses the paper's running min/max ranges: use observer 'minmax'")
+        if self.asymmetric_acts and self.observer != "minmax":
+            raise ConfigError("asymmetric_acts takes each activation's observed [min, max] as its range: use observer "
+                              "'minmax' (clipping a one-sided range costs more than it saves on real faces)")
         object.__setattr__(self, "overrides", tuple(self.overrides))
+
+    @property
+    def asymmetric_activations(self) -> bool:
+        """Whether activation quantizers carry a zero point (``asymmetric_acts`` or an asymmetric scheme)."""
+        return self.asymmetric_acts or not get_scheme(self.scheme).symmetric
 
     def bits_for(self, name: str) -> tuple[int, int, bool]:
         """(weight_bits, act_bits, enabled) for the layer ``name``; the last matching override wins."""

@@ -9,7 +9,8 @@ half-to-even, as ONNX QuantizeLinear does.
 Asymmetric (QuantFace reference, adapted from ZeroQ): for k bits, n = 2^k - 1,
 ``scale = n / max(x_max - x_min, 1e-8)``, ``zp = round(scale * x_min) + 2^(k-1)``,
 ``q = clamp(round(scale * x - zp), -2^(k-1), 2^(k-1) - 1)``, ``x_hat = (q + zp) / scale``,
-with a plain straight-through gradient (no clip mask).
+with a plain straight-through gradient (no clip mask); :func:`fake_quant_affine` is the same grid with
+the symmetric quantizers' clipped gradient (zero-point activations of the symmetric schemes).
 """
 
 from __future__ import annotations
@@ -84,6 +85,16 @@ def asymmetric_params(x_min: torch.Tensor, x_max: torch.Tensor, bits: int) -> tu
 def fake_quant_asymmetric(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, bits: int) -> torch.Tensor:
     """The QuantFace reference quantizer with a plain straight-through gradient."""
     return _AsymmetricQuant.apply(x, x_min, x_max, bits)
+
+
+def fake_quant_affine(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, bits: int) -> torch.Tensor:
+    """The same values as :func:`fake_quant_asymmetric`; the gradient passes inside the range only, as
+    the symmetric quantizers' does (a plain straight-through gradient lets train-mode BatchNorms blow up
+    the gradients of near-dead activations)."""
+    scale, zero_point = asymmetric_params(x_min, x_max, bits)
+    half = 2 ** (bits - 1)
+    q = torch.clamp(round_ste(scale * x - zero_point), -half, half - 1)
+    return (q + zero_point) / scale
 
 
 def per_channel_min_max(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from .export_forms import INT8_MAX, INT8_MIN, ActForm, FloatConstant, WeightDQ, 
 from .fake_quant import (
     EPS,
     asymmetric_params,
+    fake_quant_affine,
     fake_quant_asymmetric,
     fake_quant_levels,
     floor_ste,
@@ -68,6 +69,7 @@ class ActQuantizer(Quantizer):
         self.register_buffer("has_range", torch.zeros((), dtype=torch.bool))
         self.observer = None
         self.tracking = False
+        self.clipped_gradient = False  # asymmetric form: no gradient outside the range (QuantFace's STE passes it)
 
     @property
     def amax(self) -> torch.Tensor:
@@ -128,6 +130,8 @@ class ActQuantizer(Quantizer):
             return x
         if self.symmetric:
             return fake_quant_levels(x, self.scale(), *self.levels())
+        if self.clipped_gradient:
+            return fake_quant_affine(x, self.x_min, self.x_max, self.bits)
         return fake_quant_asymmetric(x, self.x_min, self.x_max, self.bits)
 
     def extra_repr(self) -> str:
