@@ -169,6 +169,7 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
     from qfsdk.converters.onnx_import import ImportOptions, import_onnx
     from qfsdk.models import create
     from qfsdk.quant.algorithms import parse_recipe
+    from qfsdk.quant.config import preset
 
     from ptq_recipes import synthetic_images
 
@@ -180,10 +181,9 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
     model = create(str(imported))
     data, _ = open_source(synthetic_images(str(imported), QFSDK_WORK / f"{job.model.name}_synthetic"), model)
     steps, _, acts = recipe.partition("@")
-    asymmetric = acts == "asymmetric"
-    config = {"preset": "w8a8", "asymmetric_acts": asymmetric}
+    config = preset("w8a8", asymmetric_acts=acts == "asymmetric")
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
-                                method=None if asymmetric else "percentile", algorithm=parse_recipe(steps.replace("+", ",")))
+                                method=config.range_method(default="percentile"), algorithm=parse_recipe(steps.replace("+", ",")))
     return export_quantized(quantized, job.output("qfsdk", recipe))
 
 

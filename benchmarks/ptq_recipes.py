@@ -85,10 +85,10 @@ def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch
              acts: str) -> dict:
     steps = parse_recipe(recipe)
     asymmetric = acts == "asymmetric"
-    config = preset(bits, asymmetric_acts=True) if asymmetric else preset(bits)
+    config = preset(bits, asymmetric_acts=asymmetric)
     start = time.perf_counter()
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
-                                method=None if asymmetric else "percentile", algorithm=steps)
+                                method=config.range_method(default="percentile"), algorithm=steps)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         embeddings = quantized(faces)

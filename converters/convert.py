@@ -24,6 +24,7 @@ from qfsdk.eval.metrics import cosine_similarities
 from qfsdk.models.card import card_of
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output
+from qfsdk.runtime.placement import ZERO_POINTS_ON_TENSORRT
 
 from .graph_check import Violation, check_model
 from .onnx_export import export_float
@@ -270,7 +271,7 @@ def recalibrate_synthetic(model: nn.Module, source: Source, options: ConvertOpti
     teacher = float_twin(source.model, source.architecture)
     data = synthetic_source(teacher, source.contract, options.num_images, seed=0, batch_size=min(32, options.num_images),
                             iterations=options.iterations, progress=True)
-    method = "minmax" if card_of(model).quant_config.asymmetric_activations else "percentile"
+    method = card_of(model).quant_config.range_method(default="percentile")
     qfsdk.calibrate(model, data, method=method)
     line = f"ranges re-fitted on {options.num_images} synthetic images ({method})"
     if added:
@@ -317,7 +318,7 @@ def choose_target(text: str, source: Source, options: ConvertOptions) -> Target:
     if target.symmetric_only and target.name != made_for and not options.allow_nonconforming:
         config = card_of(source.model).quant_config
         if config.asymmetric_acts:
-            raise QfsdkError(f"{text}: its activations have zero points (--asymmetric-acts), which TensorRT cannot run; "
+            raise QfsdkError(f"{text}: {ZERO_POINTS_ON_TENSORRT}; "
                              f"convert it with --target {made_for} (or onnxruntime), or calibrate without "
                              "--asymmetric-acts for TensorRT")
         raise QfsdkError(f"{text}: its quantizers use the onnxruntime placement (conv outputs quantized, Q/DQ into "

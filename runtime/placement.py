@@ -29,6 +29,7 @@ RIGHT_SCHEME: dict[str, tuple[str, str]] = {
     "openvino": ("tensorrt", "OpenVINO runs the extra Q/DQ pairs on conv outputs, slower than the tensorrt placement"),
     "tensorrt": ("tensorrt", "TensorRT cannot fuse Q/DQ on conv outputs and into PReLU, slower than the tensorrt placement"),
 }
+ZERO_POINTS_ON_TENSORRT = "its activations have zero points (--asymmetric-acts), which TensorRT cannot run"
 NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
 
 
@@ -55,7 +56,7 @@ def placement_note(model_path: str | Path, backend: str) -> str | None:
     right, cost = RIGHT_SCHEME[backend]
     flag = " --asymmetric-acts" if asymmetric and backend != "tensorrt" else ""
     if asymmetric and backend == "tensorrt":
-        cost = "its activations have zero points (--asymmetric-acts), which TensorRT cannot run"
+        cost = ZERO_POINTS_ON_TENSORRT
     arch = metadata.get(ARCHITECTURE_KEY) or "NAME"
     name = arch.removeprefix(IMPORTED_PREFIX) if arch != "NAME" else "model"
     if arch.startswith(IMPORTED_PREFIX):

@@ -93,13 +93,14 @@ def test_calibrate_bad_input_fails_before_work_in_one_line(tmp_path, face_folder
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--method", "percentile"], "--method percentile does not apply with --asymmetric-acts"),
-        (["--scheme", "quantface"], "scheme 'quantface' is asymmetric already"),
+        (["--asymmetric-acts", "--method", "percentile"], "method 'percentile' does not apply: activations with zero points"),
+        (["--scheme", "quantface", "--method", "mse"], "method 'mse' does not apply: activations with zero points"),
+        (["--asymmetric-acts", "--scheme", "quantface"], "scheme 'quantface' is asymmetric already"),
     ],
 )
-def test_asymmetric_acts_refuses_what_does_not_apply_in_one_line(tmp_path, face_folder, args, message):
+def test_zero_point_activations_refuse_what_does_not_apply_in_one_line(tmp_path, face_folder, args, message):
     out = tmp_path / "x.safetensors"
-    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--asymmetric-acts", *args, "-o", out)
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, *args, "-o", out)
     assert result.exit_code == 1, result.output
     assert message in result.output and result.output.strip().count("\n") == 0
     assert not out.exists()

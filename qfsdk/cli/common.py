@@ -124,24 +124,22 @@ def method_option(fn: Callable) -> Callable:
 
 
 def range_method(method: str | None, config) -> str:
-    """The range method a PTQ run uses: ``--method`` (default percentile); min/max for asymmetric activations."""
-    return "minmax" if config.asymmetric_activations else method or DEFAULT_METHOD
+    """The range method a PTQ run uses: ``--method`` (default percentile); min/max for asymmetric activations
+    (another ``--method`` is refused there)."""
+    return config.range_method(method, default=DEFAULT_METHOD)
 
 
 def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, observer: str | None = None,
                  asymmetric_acts: bool = False):
     """The validated QuantConfig the options describe; ``observer`` (``--method``) sets the observer and the
-    percentile actually used, so the checkpoint records them. Asymmetric activations keep min/max ranges
-    (``--method`` other than minmax is refused with ``--asymmetric-acts``)."""
+    percentile actually used, so the checkpoint records them; asymmetric activations keep min/max ranges
+    (:func:`range_method` refuses another ``--method``)."""
     from qfsdk.quant import LayerOverride, QuantConfig
     from qfsdk.quant.config import ASYMMETRIC_SCHEMES
 
     fields: dict[str, Any] = read_config_file(config_file) if config_file is not None else {"preset": bits, "scheme": scheme}
     if asymmetric_acts:
         fields["asymmetric_acts"] = True
-        if observer not in (None, "minmax"):
-            raise ConfigError(f"--method {observer} does not apply with --asymmetric-acts: asymmetric activation ranges "
-                              "are the observed [min, max]; drop --method")
     asymmetric = fields.get("asymmetric_acts") is True or fields.get("scheme") in ASYMMETRIC_SCHEMES
     if observer is None and not asymmetric:
         observer = DEFAULT_METHOD

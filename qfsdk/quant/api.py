@@ -111,10 +111,7 @@ def calibrate(
     config = quant_config_of(model)
     steps = resolve_recipe(algorithm)
     card = card_of(model)
-    if config.asymmetric_acts and method not in (None, "minmax"):
-        raise ConfigError(f"asymmetric_acts: activation ranges are the observed [min, max], so method {method!r} "
-                          "does not apply (omit it, or use symmetric activations)")
-    method = "minmax" if config.asymmetric_activations else method or config.observer
+    method = config.range_method(method)
     run = CalibrationRun(model, config, as_batches(data, card.contract, batch_size), method, progress,
                          keep_batches=len(steps) > 1)
     was_training = model.training

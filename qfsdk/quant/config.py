@@ -113,6 +113,17 @@ class QuantConfig:
                               "'minmax' (clipping a one-sided range costs more than it saves on real faces)")
         object.__setattr__(self, "overrides", tuple(self.overrides))
 
+    def range_method(self, method: str | None = None, default: str | None = None) -> str:
+        """The activation range method of a PTQ run: ``method``, else ``default``, else the observer.
+        Activations with zero points always take their observed [min, max]; another method is refused."""
+        if self.asymmetric_activations:
+            if method not in (None, "minmax"):
+                raise ConfigError(f"method {method!r} does not apply: activations with zero points (asymmetric_acts, "
+                                  "--asymmetric-acts, or scheme quantface) take their observed [min, max] as range; "
+                                  "omit the method (--method), or use symmetric activations")
+            return "minmax"
+        return method or default or self.observer
+
     @property
     def asymmetric_activations(self) -> bool:
         """Whether activation quantizers carry a zero point (``asymmetric_acts`` or an asymmetric scheme)."""

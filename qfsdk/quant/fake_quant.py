@@ -15,6 +15,8 @@ the symmetric quantizers' clipped gradient (zero-point activations of the symmet
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 EPS = 1e-8
@@ -62,13 +64,18 @@ def per_channel_amax(weight: torch.Tensor) -> torch.Tensor:
     return amax.view(-1, *([1] * (weight.ndim - 1)))
 
 
+def _affine_levels(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, bits: int,
+                   rounding: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The reference grid: quantize-dequantize ``x`` with the zero point of [x_min, x_max]."""
+    scale, zero_point = asymmetric_params(x_min, x_max, bits)
+    half = 2 ** (bits - 1)
+    return (torch.clamp(rounding(scale * x - zero_point), -half, half - 1) + zero_point) / scale
+
+
 class _AsymmetricQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, bits: int) -> torch.Tensor:
-        scale, zero_point = asymmetric_params(x_min, x_max, bits)
-        half = 2 ** (bits - 1)
-        q = torch.clamp(torch.round(scale * x - zero_point), -half, half - 1)
-        return (q + zero_point) / scale
+        return _affine_levels(x, x_min, x_max, bits, torch.round)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -91,10 +98,7 @@ def fake_quant_affine(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor,
     """The same values as :func:`fake_quant_asymmetric`; the gradient passes inside the range only, as
     the symmetric quantizers' does (a plain straight-through gradient lets train-mode BatchNorms blow up
     the gradients of near-dead activations)."""
-    scale, zero_point = asymmetric_params(x_min, x_max, bits)
-    half = 2 ** (bits - 1)
-    q = torch.clamp(round_ste(scale * x - zero_point), -half, half - 1)
-    return (q + zero_point) / scale
+    return _affine_levels(x, x_min, x_max, bits, round_ste)
 
 
 def per_channel_min_max(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
