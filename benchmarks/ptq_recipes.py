@@ -50,7 +50,8 @@ BITS = ("w8a8", "w6a6", "w4a8")
 ACTS = ("symmetric",)  # --acts asymmetric adds ``asymmetric_acts`` rows
 RECIPES = ("ranges", "ranges,bias_correction", "equalize,ranges,bias_correction",
            "equalize,ranges,keep_float:layers=3,bias_correction", "ranges,reconstruct",
-           "ranges,reconstruct:ranges=false")
+           "ranges,reconstruct:ranges=false", "ends_8bit,ranges,reconstruct", "ends_8bit,ranges,reconstruct:drop=0.5",
+           "ends_8bit,ranges,reconstruct:blocks=true")
 
 
 def float_model(name: str, work: Path) -> tuple[torch.nn.Module, torch.Tensor]:

@@ -348,12 +348,13 @@ def calibration_line(model: nn.Module) -> str | None:
     calibration = (card.calibration if card is not None else None) or {}
     if "method" not in calibration:
         return None
+    from qfsdk.quant.end_layers import raised_text
     from qfsdk.quant.float_fallback import float_layers
 
     recipe = recipe_text(calibration.get("algorithm") or DEFAULT_RECIPE)
-    kept = float_layers(model)
+    kept, raised = float_layers(model), raised_text(model)
     return (f"{calibration['method']} ranges on {calibration.get('images', '?')} images, PTQ recipe {recipe}"
-            + (f", kept in float: {', '.join(kept)}" if kept else ""))
+            + (f", kept in float: {', '.join(kept)}" if kept else "") + (f", above the preset: {raised}" if raised else ""))
 
 
 def placement_note(source: Source, target: Target) -> str | None:

@@ -147,6 +147,37 @@ def test_keep_float_layers_are_printed_by_calibrate_and_convert_and_stay_float_i
     weights = [producers.get(node.input[1], "initializer") for node in graph.node if node.op_type in ("Conv", "Gemm")]
     assert len(weights) - weights.count("DequantizeLinear") == sum(not k.startswith("residual") for k in kept)
 
+def test_ends_8bit_keeps_the_first_and_last_layers_at_8_bits_through_checkpoint_and_onnx(tmp_path, face_folder):
+    """``ends_8bit`` at W4A8: calibrate and convert name the two end layers, the checkpoint's config holds
+    them at 8/8-bit, the ONNX stores 8-bit codes for them and 4-bit codes elsewhere; after ``ranges``
+    it is refused in one line before any work."""
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "mfn.safetensors"
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--bits", "w4a8",
+                     "--recipe", "ends_8bit,ranges", "-o", out)
+    assert result.exit_code == 0, result.output
+    (line,) = [l for l in result.output.splitlines() if l.startswith("above 4/8-bit: ")]
+    raised = [part.split(" (")[0] for part in line[len("above 4/8-bit: "):].split("), ")][:2]
+    assert line.count("(8/8-bit)") == 2
+    overrides = quant_config_of(qfsdk.load(out)).overrides
+    assert [(o.pattern, o.weight_bits, o.act_bits) for o in overrides] == [(name, 8, 8) for name in raised]
+    converted = run_cli("convert", out, "-o", tmp_path / "mfn.onnx")
+    assert converted.exit_code == 0, converted.output
+    assert f"above the preset: {raised[0]} (8/8-bit), {raised[1]} (8/8-bit)" in converted.output
+    graph = onnx.load(str(tmp_path / "mfn.onnx")).graph
+    initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producers = {o: node for node in graph.node for o in node.output}
+    codes = [np.abs(initializers[producers[node.input[1]].input[0]].astype(int)).max()
+             for node in graph.node if node.op_type in ("Conv", "Gemm") and node.input[1] in producers]
+    assert codes[0] > 7 and codes[-1] > 7 and max(codes[1:-1]) <= 7
+    wrong = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "--bits", "w4a8",
+                    "--recipe", "ranges,ends_8bit", "-o", tmp_path / "wrong.safetensors")
+    assert wrong.exit_code == 1 and "PTQ step 'ends_8bit' must run before 'ranges'" in wrong.output
+    assert wrong.output.strip().count("\n") == 0 and not (tmp_path / "wrong.safetensors").exists()
+
+
 def _qat_args(face_folder, out, steps, every=1):
     return ["qat", "--model", "mobilefacenet", "--data", str(face_folder), "--bits", "w4a4", "--steps", str(steps),
             "--batch-size", "4", "--freeze-bn", "--lr", "0.02", "--checkpoint-every", str(every), "-o", str(out)]
@@ -166,6 +197,18 @@ def test_resume_with_other_quantization_settings_is_refused_and_writes_nothing(t
     assert "other quantization settings" in resumed.output and "act_bits 4 -> 6" in resumed.output
     assert resumed.output.strip().count("\n") == 0
     assert out.read_bytes() == written and out.with_name("m.qat-state.safetensors").read_bytes() == state
+
+
+def test_qat_from_an_ends_8bit_start_resumes_into_the_same_layers(tmp_path, face_folder):
+    """A QAT start recipe that changes layers' bit widths (``ends_8bit``) is rebuilt on ``--resume``:
+    the run continues, and the checkpoint keeps the end layers at 8 bits."""
+    out = tmp_path / "qat.safetensors"
+    first = run_cli(*_qat_args(face_folder, out, 2), "--recipe", "ends_8bit,ranges")
+    assert first.exit_code == 0, first.output
+    resumed = run_cli(*_qat_args(face_folder, out, 3), "--recipe", "ends_8bit,ranges", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "step 3" in resumed.output
+    assert [(o.weight_bits, o.act_bits) for o in quant_config_of(qfsdk.load(out)).overrides] == [(8, 8), (8, 8)]
 
 
 def test_qat_with_asymmetric_acts_trains_on_min_max_ranges_with_finite_gradients(tmp_path, face_folder):

@@ -22,6 +22,7 @@ from qfsdk.converters.graph_check import check_model
 from qfsdk.errors import ConfigError
 from qfsdk.models import describe
 from qfsdk.models.card import card_of
+from qfsdk.models.layers import ResidualAdd
 from qfsdk.quant.algorithms import ALGORITHMS, register_algorithm, weight_quantizers
 from qfsdk.quant.checkpoint import BUILDERS, register_builder
 from qfsdk.quant.modules import QuantConvMixin, QuantResidualAdd
@@ -365,6 +366,66 @@ def test_learned_rounding_lowers_each_layers_output_error_below_nearest_rounding
     assert any(np.array_equal(c, quantizer.form(layer.weight).codes) for c in codes.values() if c.dtype == np.int8)
     with pytest.raises(ConfigError, match="iterations"):
         qfsdk.calibrate(qfsdk.quantize(_plain_model(), "w4a8"), data, algorithm=["ranges", {"name": "reconstruct", "iterations": 0}])
+
+
+class TwoConvBlock(nn.Module):
+    """A residual block, written as the zoo's are (a ResidualAdd module): two convs learned together."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.add = ResidualAdd()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add(self.conv2(self.act(self.conv1(x))), x)
+
+
+class BlockNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.block = TwoConvBlock(8)
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.block(self.stem(x)), 1), 1))
+
+
+def test_block_reconstruction_with_dropped_quantization_lowers_the_blocks_error_below_nearest_rounding(caplog):
+    """``reconstruct:blocks=true:drop=0.5`` learns the block's two convs together: the block's output error
+    (vs the float block on the float input) falls below nearest rounding's, no dropping is left on the
+    quantized model (its output is the same on every call), and a share outside [0, 1) names the option."""
+    import logging
+
+    from qfsdk.quant.capture import layer_inputs
+    from qfsdk.quant.modules import bypassed
+    from qfsdk.quant.reconstruction import output_error
+
+    torch.manual_seed(0)
+    float_model = describe(BlockNet().eval(), CONTRACT, "block_net")
+    data = _data(16)
+
+    def block_error(model: nn.Module) -> float:
+        block = model.block
+        with bypassed(model):
+            target = block(layer_inputs(model, block, [data], torch.device("cpu")))
+        with torch.no_grad():
+            return float(output_error(block(layer_inputs(model, block, [data], torch.device("cpu"))), target))
+
+    nearest = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w4a8"), data)
+    with caplog.at_level(logging.INFO, logger="qfsdk.quant.reconstruction"):
+        learned = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w4a8"), data, algorithm=[
+            "ranges", {"name": "reconstruct", "blocks": True, "drop": 0.5, "iterations": 300, "batch_size": 8}])
+    assert "3 units of 4 layers" in caplog.text  # stem, the block (conv1 + conv2), fc
+    assert block_error(learned) < 0.7 * block_error(nearest)
+    with torch.no_grad():
+        torch.testing.assert_close(learned(data), learned(data), rtol=0, atol=0)
+    assert not any(module._forward_hooks for module in learned.modules())
+    with pytest.raises(ConfigError, match="drop must be in"):
+        qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(float_model), "w4a8"), data,
+                        algorithm=["ranges", {"name": "reconstruct", "drop": 1.0}])
 
 
 def test_keep_float_returns_the_costliest_layer_to_float_through_checkpoint_and_export(tmp_path):

@@ -43,6 +43,7 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
     from qfsdk.models import create
     from qfsdk.models.card import card_of
     from qfsdk.quant.algorithms import best_recipe, parse_recipe, recipe_text
+    from qfsdk.quant.end_layers import raised_text
     from qfsdk.quant.float_fallback import float_layers, float_share
     from qfsdk.quant.api import check_config
 
@@ -70,6 +71,9 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
     if kept:
         click.echo(f"kept in float: {', '.join(kept)} ({100 * float_share(quantized, batch[:1]):.2f}% of the "
                    "multiply-accumulates; the rest runs int8)")
+    raised = raised_text(quantized)
+    if raised:
+        click.echo(f"above {config.weight_bits}/{config.act_bits}-bit: {raised} (int8 kernels run every width at the same speed)")
     click.echo(f"wrote {output}")
 
 

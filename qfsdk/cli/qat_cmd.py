@@ -110,7 +110,7 @@ def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_fi
     source, description = open_source(folder, teacher, batch_size=batch_size)
     images = torch.cat([batch for batch in source])
     student = qfsdk.quantize(copy.deepcopy(teacher), config)
-    if not resume and range_warmup is None:
+    if range_warmup is None:  # on --resume too: steps such as ends_8bit and keep_float shape the model the state fills
         qfsdk.calibrate(student, images, method=method, algorithm=start, batch_size=batch_size)
     run = train_qat(student, teacher, images, settings, state_path_for(output), resume=resume)
     if run.rank == 0:

@@ -3,6 +3,7 @@
 import qfsdk.models as _models  # noqa: F401  (first: model families register their quant layers as they load)
 
 from . import bias_correction as _bias_correction  # noqa: F401  (registers the PTQ steps)
+from . import end_layers as _end_layers  # noqa: F401
 from . import equalization as _equalization  # noqa: F401
 from . import float_fallback as _float_fallback  # noqa: F401
 from . import reconstruction as _reconstruction  # noqa: F401

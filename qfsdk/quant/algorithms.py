@@ -82,12 +82,14 @@ class CalibrationRun:
 
 @dataclass(frozen=True)
 class PTQAlgorithm:
-    """A registered step: ``run(calibration_run, options)``; ``options`` is a dataclass type or None."""
+    """A registered step: ``run(calibration_run, options)``; ``options`` is a dataclass type or None;
+    ``precedes``: steps that must not run before it in a recipe."""
 
     name: str
     run: Callable[[CalibrationRun, Any], None]
     description: str
     options: type | None = None
+    precedes: tuple[str, ...] = ()
 
     def parse_options(self, values: Mapping[str, Any]) -> Any:
         if self.options is None:
@@ -107,7 +109,8 @@ DEFAULT_RECIPE = ("ranges",)  # what ``calibrate`` runs when no step is named (a
 # `qfsdk calibrate`'s default per weight bit width: the best recipe of the PTQ benchmark at those bits
 # (README, "PTQ recipes"); a Python caller gets it from best_recipe().
 BEST_RECIPES: dict[int, tuple[str, ...]] = {8: ("equalize", "ranges", "bias_correction")}
-LOW_BIT_RECIPE = ("ranges", "reconstruct")  # weights below 8 bits: learned rounding matters most there
+# Weights below 8 bits: learned rounding matters most there, and the end layers at 8 bits (free on int8 kernels)
+LOW_BIT_RECIPE = ("ends_8bit", "ranges", "reconstruct")
 
 
 def best_recipe(weight_bits: int) -> tuple[str, ...]:
@@ -115,13 +118,14 @@ def best_recipe(weight_bits: int) -> tuple[str, ...]:
     return BEST_RECIPES.get(weight_bits, LOW_BIT_RECIPE)
 
 
-def register_algorithm(name: str, description: str, options: type | None = None) -> Callable:
-    """Decorator registering ``run(calibration_run, options)`` as PTQ step ``name``."""
+def register_algorithm(name: str, description: str, options: type | None = None, precedes: tuple[str, ...] = ()) -> Callable:
+    """Decorator registering ``run(calibration_run, options)`` as PTQ step ``name`` (``precedes``: the
+    steps a recipe must not run before it)."""
     if options is not None and not is_dataclass(options):
         raise TypeError("PTQ step options must be a dataclass type")
 
     def decorate(run: Callable[[CalibrationRun, Any], None]) -> Callable:
-        ALGORITHMS[name] = PTQAlgorithm(name, run, description, options)
+        ALGORITHMS[name] = PTQAlgorithm(name, run, description, options, tuple(precedes))
         return run
 
     return decorate
@@ -145,6 +149,9 @@ def resolve_recipe(recipe: str | Mapping[str, Any] | Sequence[str | Mapping[str,
         if "name" not in raw:
             raise ConfigError(f"a PTQ step needs a 'name', got {step!r}")
         algorithm = get_algorithm(raw["name"])
+        earlier = [done.name for done, *_ in steps if done.name in algorithm.precedes]
+        if earlier:
+            raise ConfigError(f"PTQ step {algorithm.name!r} must run before {earlier[0]!r}: put it earlier in the recipe")
         steps.append((algorithm, algorithm.parse_options({k: v for k, v in raw.items() if k != "name"}), raw))
     return steps
 

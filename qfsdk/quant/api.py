@@ -59,13 +59,19 @@ def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "
         weight_bits, act_bits, enabled = config.bits_for(name)
         if enabled:
             convert(module, rule.mixin, weight_bits, act_bits, symmetric)
-    for _, quantizer in act_quantizers(model):
-        quantizer.allow_unsigned = config.unsigned_acts
-        if config.asymmetric_acts:
-            quantizer.symmetric, quantizer.clipped_gradient = False, True
+    configure_act_quantizers(model, config)
     card.quant_config = config
     log.info("quantized %d layers of %s (%s)", len(layers), type(model).__name__, config.to_json())
     return model
+
+
+def configure_act_quantizers(module: nn.Module, config: QuantConfig) -> None:
+    """Give every activation quantizer in ``module`` the config's grid: unsigned levels allowed or
+    not, and a zero point with the clipped gradient for ``asymmetric_acts``."""
+    for _, quantizer in act_quantizers(module):
+        quantizer.allow_unsigned = config.unsigned_acts
+        if config.asymmetric_acts:
+            quantizer.symmetric, quantizer.clipped_gradient = False, True
 
 
 def check_config(model: nn.Module, config: QuantConfig | str | Mapping[str, Any]) -> QuantConfig:

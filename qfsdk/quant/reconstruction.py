@@ -10,6 +10,13 @@ The layer's input is what the quantized model feeds it (every upstream layer alr
 own input quantizer on); the target is the float layer's output on the float model's input. So
 each layer also absorbs the error that reaches it (AdaRound's asymmetric reconstruction). With
 ``ranges`` the layer's input quantizer learns its clipping range jointly (the LSQ gradient).
+With ``drop`` > 0 each element of the layer's quantized input takes its unquantized value with that
+probability while learning (QDrop, Wei et al. 2022): the rounding is fit to a neighbourhood of the
+activation noise rather than to one draw of it, which generalises from synthetic to real images.
+With ``blocks`` the layers of each block (the smallest module holding two or more quantized layers
+and taking one tensor: a residual block) learn their rounding together against the block's output
+(BRECQ, Li et al. 2021), so that one layer's rounding can make up for another's; layers outside any
+block, and every layer of a flat (imported) graph, are reconstructed alone.
 The result is the weight quantizer's fixed ``step`` and ``rounding``, which the export writes as
 int8 codes. Run it after ``ranges``:
 ``calibrate(model, data, algorithm=["ranges", "reconstruct"])``.
@@ -42,7 +49,9 @@ BETA_START, BETA_END = 20.0, 2.0
 class ReconstructionOptions:
     """``iterations`` per layer on random ``batch_size`` images, Adam at ``learning_rate``;
     ``regularization``: weight of the rounding regulariser, off for the first ``warmup`` share of the
-    iterations; ``ranges``: the layer's input quantizer learns its range too."""
+    iterations; ``ranges``: the layer's input quantizer learns its range too; ``drop``: the share of
+    input elements left unquantized while learning (QDrop; 0 quantizes them all); ``blocks``: the layers
+    of a residual block learn together against the block's output (BRECQ)."""
 
     iterations: int = 400
     batch_size: int = 16
@@ -50,6 +59,8 @@ class ReconstructionOptions:
     regularization: float = 0.01
     warmup: float = 0.2
     ranges: bool = True
+    drop: float = 0.0
+    blocks: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,8 +71,10 @@ class ReconstructionOptions:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"reconstruct: {name} must be a finite number >= 0, got {value!r}")
-        if not isinstance(self.warmup, (int, float)) or not 0 <= self.warmup < 1:
-            raise ConfigError(f"reconstruct: warmup must be in [0, 1), got {self.warmup!r}")
+        for name in ("warmup", "drop"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"reconstruct: {name} must be in [0, 1), got {value!r}")
 
 
 def soft_rounding(v: torch.Tensor) -> torch.Tensor:
@@ -112,58 +125,129 @@ class _LearnedRange:
         self.quantizer.set_range(float(self.low) * gain, float(self.high) * gain)
 
 
-def reconstruct_layer(layer: nn.Module, inputs: torch.Tensor, target: torch.Tensor,
-                      options: ReconstructionOptions) -> tuple[float, float]:
-    """Learn ``layer``'s weight rounding (and its input range) so that ``layer(inputs)`` approaches
-    ``target``; fixes them in its weight quantizer. Returns the error (nearest, learned)."""
-    quantizer: WeightQuantizer = layer.weight_quantizer
-    weight = layer.weight.detach()
-    quantizer.set_step(quantizer.step_size(weight))
-    scaled = weight / quantizer.step
-    v = nn.Parameter(_initial_v(scaled - torch.floor(scaled)))
-    learned_range = None
-    if options.ranges and isinstance(layer.input_quantizer, ActQuantizer) and bool(layer.input_quantizer.has_range):
-        learned_range = _LearnedRange(layer.input_quantizer)
-    parameters = [v] + ([learned_range.gain] if learned_range else [])
-    optimizer = torch.optim.Adam(parameters, lr=options.learning_rate)
+def _dropping_quantization(quantizer: nn.Module, share: float, generator: torch.Generator):
+    """A forward hook on ``quantizer``: each output element keeps its unquantized input with probability ``share``."""
+
+    def hook(_module, args, output):
+        keep = torch.rand(output.shape, generator=generator).to(output.device) < share
+        return torch.where(keep, args[0], output)
+
+    return quantizer.register_forward_hook(hook)
+
+
+class _LearnedRounding:
+    """One layer's soft rounding ``h(V)`` while learning; fixed as int8 up/down codes on ``finish``."""
+
+    def __init__(self, layer: nn.Module):
+        self.quantizer: WeightQuantizer = layer.weight_quantizer
+        weight = layer.weight.detach()
+        self.quantizer.set_step(self.quantizer.step_size(weight))
+        self.scaled = weight / self.quantizer.step
+        self.v = nn.Parameter(_initial_v(self.scaled - torch.floor(self.scaled)))
+
+    def nearest(self) -> None:
+        self.quantizer.rounding = torch.round(self.scaled) - torch.floor(self.scaled)
+
+    def soft(self) -> torch.Tensor:
+        self.quantizer.rounding = h = soft_rounding(self.v)
+        return h
+
+    def finish(self) -> None:
+        self.quantizer.rounding = None
+        self.quantizer.set_rounding((soft_rounding(self.v.detach()) >= 0.5).to(torch.int8))
+
+
+def reconstruct_unit(unit: nn.Module, layers: list[nn.Module], inputs: torch.Tensor, target: torch.Tensor,
+                     options: ReconstructionOptions) -> tuple[float, float]:
+    """Learn the weight rounding of ``layers`` (all inside ``unit``: one layer, or a block of them) and the
+    ranges of ``unit``'s activation quantizers so that ``unit(inputs)`` approaches ``target``; fixes them
+    in the quantizers. Returns the output error (nearest rounding, learned)."""
+    roundings = [_LearnedRounding(layer) for layer in layers]
+    act_quantizers = [m for m in unit.modules() if isinstance(m, ActQuantizer) and bool(m.has_range)]
+    learned_ranges = [_LearnedRange(q) for q in act_quantizers] if options.ranges else []
+    optimizer = torch.optim.Adam([r.v for r in roundings] + [r.gain for r in learned_ranges], lr=options.learning_rate)
     generator = torch.Generator().manual_seed(options.seed)
-    requires_grad = [p.requires_grad for p in layer.parameters()]
-    for p in layer.parameters():
+    frozen = [(p, p.requires_grad) for p in unit.parameters()]
+    for p, _ in frozen:
         p.requires_grad_(False)
 
-    def error(rounding: torch.Tensor, batch: slice | torch.Tensor = slice(None)) -> torch.Tensor:
-        quantizer.rounding = rounding
-        if learned_range:
+    def error(batch: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        for learned_range in learned_ranges:
             learned_range.apply()
-        return output_error(layer(inputs[batch]), target[batch])
+        return output_error(unit(inputs[batch]), target[batch])
 
+    dropping = []
     try:
         with torch.no_grad():
-            nearest = float(error(torch.round(scaled) - torch.floor(scaled)))
+            for rounding in roundings:
+                rounding.nearest()
+            nearest = float(error())
+        if options.drop > 0:
+            dropping = [_dropping_quantization(q, options.drop, generator) for q in act_quantizers]
         for iteration in range(options.iterations):
             batch = torch.randint(len(inputs), (min(options.batch_size, len(inputs)),), generator=generator)
-            h = soft_rounding(v)
-            loss = error(h, batch)
+            soft = [rounding.soft() for rounding in roundings]
+            loss = error(batch)
             beta = _beta(iteration, options)
             if beta is not None:
-                loss = loss + options.regularization * rounding_regularizer(h, beta)
+                loss = loss + options.regularization * sum(rounding_regularizer(h, beta) for h in soft)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if learned_range:
-            learned_range.finish()
-        quantizer.rounding = None
-        quantizer.set_rounding((soft_rounding(v.detach()) >= 0.5).to(torch.int8))
+        for hook in dropping:
+            hook.remove()
+        dropping = []
+        for learned in (*learned_ranges, *roundings):
+            learned.finish()
         with torch.no_grad():
-            learned = float(output_error(layer(inputs), target))
+            learned_error = float(output_error(unit(inputs), target))
     finally:
-        for p, flag in zip(layer.parameters(), requires_grad):
+        for hook in dropping:
+            hook.remove()
+        for p, flag in frozen:
             p.requires_grad_(flag)
-    return nearest, learned
+    return nearest, learned_error
 
 
-@register_algorithm("reconstruct", "learned weight rounding per layer (AdaRound), input ranges learned with it",
-                    ReconstructionOptions)
+def reconstruction_units(model: nn.Module, layers: list[tuple[str, nn.Module]], blocks: bool,
+                         probe: torch.Tensor) -> list[tuple[str, nn.Module, list[nn.Module]]]:
+    """(name, module to reconstruct, its quantized layers) in forward order: each layer alone, or with
+    ``blocks`` the smallest modules that hold two or more of them and that the forward of ``probe`` calls
+    once with one tensor (residual blocks) as one unit each, the layers outside such a block alone."""
+    position = {layer: i for i, (_, layer) in enumerate(layers)}
+    units = []
+    if blocks:
+        for name, module in model.named_modules():
+            held = [m for m in module.modules() if m in position]
+            if name and len(held) >= 2 and all(sum(m in position for m in child.modules()) < 2 for child in module.children()):
+                units.append((name, module, sorted(held, key=position.get)))
+        called = _called_once_with_one_tensor(model, [module for _, module, _ in units], probe)
+        units = [unit for unit in units if unit[1] in called]
+    claimed = {layer for _, _, held in units for layer in held}
+    units += [(name, layer, [layer]) for name, layer in layers if layer not in claimed]
+    return sorted(units, key=lambda unit: position[unit[2][0]])
+
+
+def _called_once_with_one_tensor(model: nn.Module, modules: list[nn.Module], probe: torch.Tensor) -> set[nn.Module]:
+    """Those of ``modules`` that one forward of ``probe`` calls exactly once, with a single tensor
+    (a traced graph calls a block's layers directly and never the block)."""
+    calls: dict[nn.Module, list[int]] = {module: [] for module in modules}
+
+    def count(module, args):
+        calls[module].append(len(args) == 1 and isinstance(args[0], torch.Tensor))
+
+    hooks = [module.register_forward_pre_hook(count) for module in modules]
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {module for module, seen in calls.items() if seen == [True]}
+
+
+@register_algorithm("reconstruct", "learned weight rounding per layer (AdaRound) or per block (blocks=true, BRECQ), "
+                    "input ranges learned with it", ReconstructionOptions)
 def reconstruct(run: CalibrationRun, options: ReconstructionOptions | None) -> None:
     options = options or ReconstructionOptions()
     model, device = run.model, run.device
@@ -171,15 +255,17 @@ def reconstruct(run: CalibrationRun, options: ReconstructionOptions | None) -> N
     layers = [(name, layer) for name, layer in quantized_layers_in_order(model, traced_graph(model, "reconstruct"))
               if layer.weight_quantizer.symmetric]
     errors = []
-    for name, layer in progress_bar(layers, desc="reconstruct", disable=not run.progress):
+    units = reconstruction_units(model, layers, options.blocks, batches[0][:1].to(device))
+    for name, unit, held in progress_bar(units, desc="reconstruct", disable=not run.progress):
         with bypassed(model):
-            float_inputs = layer_inputs(model, layer, batches, device)
+            float_inputs = layer_inputs(model, unit, batches, device)
             with torch.no_grad():
-                target = layer(float_inputs)
+                target = unit(float_inputs)
         del float_inputs
-        inputs = layer_inputs(model, layer, batches, device)
-        errors.append(reconstruct_layer(layer, inputs, target, options))
-        log.debug("reconstruct %s: output error %.4g -> %.4g", name, *errors[-1])
+        inputs = layer_inputs(model, unit, batches, device)
+        errors.append(reconstruct_unit(unit, held, inputs, target, options))
+        log.debug("reconstruct %s (%d layers): output error %.4g -> %.4g", name, len(held), *errors[-1])
     if errors:
         better = sum(learned < nearest for nearest, learned in errors)
-        log.info("reconstruct: %d layers, output error lower than nearest rounding in %d", len(errors), better)
+        log.info("reconstruct: %d units of %d layers, output error lower than nearest rounding in %d",
+                 len(errors), len(layers), better)
