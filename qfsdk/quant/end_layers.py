@@ -61,7 +61,8 @@ def raised_layers(model: nn.Module) -> list[tuple[str, int, int]]:
     raised = []
     for name, _ in quantizable_layers(model, config.scheme):
         weight_bits, act_bits, enabled = config.bits_for(name)
-        if enabled and (weight_bits, act_bits) != (config.weight_bits, config.act_bits):
+        above = weight_bits >= config.weight_bits and act_bits >= config.act_bits
+        if enabled and above and (weight_bits, act_bits) != (config.weight_bits, config.act_bits):
             raised.append((name, weight_bits, act_bits))
     return raised
 
@@ -82,11 +83,10 @@ def ends_8bit(run: CalibrationRun, options: EndsOptions | None) -> None:
         raise ConfigError("ends_8bit replaces the end layers' quantizers, so it runs on a model without activation "
                           "ranges: quantize the float model and put ends_8bit first in the recipe (ends_8bit,ranges,...)")
     symmetric = get_scheme(config.scheme).symmetric
-    raised = [name for name, layer in end_layers(model, options) if config.bits_for(name)[:2] != (8, 8)]
-    modules = dict(model.named_modules())
-    for name in raised:
-        modules[name].setup(weight_bits=8, act_bits=8, symmetric=symmetric)
-        configure_act_quantizers(modules[name], config)
+    raised = [(name, layer) for name, layer in end_layers(model, options) if config.bits_for(name)[:2] != (8, 8)]
+    for _, layer in raised:
+        layer.setup(weight_bits=8, act_bits=8, symmetric=symmetric)
+        configure_act_quantizers(layer, config)
     card = card_of(model)
-    card.quant_config = run.config = config.with_overrides(*(LayerOverride(name, 8, 8) for name in raised))
-    log.info("at 8 bits (ends_8bit): %s", ", ".join(raised) or "none (the end layers are 8-bit already)")
+    card.quant_config = run.config = config.with_overrides(*(LayerOverride(name, 8, 8) for name, _ in raised))
+    log.info("at 8 bits (ends_8bit): %s", ", ".join(name for name, _ in raised) or "none (the end layers are 8-bit already)")
