@@ -49,7 +49,7 @@ BETA_START, BETA_END = 20.0, 2.0
 class ReconstructionOptions:
     """``iterations`` per layer on random ``batch_size`` images, Adam at ``learning_rate``;
     ``regularization``: weight of the rounding regulariser, off for the first ``warmup`` share of the
-    iterations; ``ranges``: the layer's input quantizer learns its range too; ``drop``: the share of
+    iterations; ``ranges``: the activation quantizers of the layer (its input) or block learn their ranges too; ``drop``: the share of
     input elements left unquantized while learning (QDrop; 0 quantizes them all); ``blocks``: the layers
     of a residual block learn together against the block's output (BRECQ)."""
 
@@ -108,7 +108,7 @@ def output_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class _LearnedRange:
-    """The input quantizer's range as ``gain`` times the calibrated one while learning; fixed on ``finish``."""
+    """An activation quantizer's range as ``gain`` times the calibrated one while learning; fixed on ``finish``."""
 
     def __init__(self, quantizer: ActQuantizer):
         self.quantizer = quantizer
