@@ -107,7 +107,7 @@ def output_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (output - target).pow(2).sum(1).mean()
 
 
-class _LearnedRange:
+class LearnedRange:
     """An activation quantizer's range as ``gain`` times the calibrated one while learning; fixed on ``finish``."""
 
     def __init__(self, quantizer: ActQuantizer):
@@ -164,7 +164,7 @@ def reconstruct_unit(unit: nn.Module, layers: list[nn.Module], inputs: torch.Ten
     in the quantizers. Returns the output error (nearest rounding, learned)."""
     roundings = [_LearnedRounding(layer) for layer in layers]
     act_quantizers = [m for m in unit.modules() if isinstance(m, ActQuantizer) and bool(m.has_range)]
-    learned_ranges = [_LearnedRange(q) for q in act_quantizers] if options.ranges else []
+    learned_ranges = [LearnedRange(q) for q in act_quantizers] if options.ranges else []
     optimizer = torch.optim.Adam([r.v for r in roundings] + [r.gain for r in learned_ranges], lr=options.learning_rate)
     generator = torch.Generator().manual_seed(options.seed)
     frozen = [(p, p.requires_grad) for p in unit.parameters()]
