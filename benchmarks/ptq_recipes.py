@@ -1,14 +1,16 @@
-"""PTQ recipes x models x bit widths from synthetic data only, scored on real faces: what picks the default.
+"""PTQ recipes x models x bit widths from synthetic data (real faces side by side), scored on real faces: what picks the default.
 
     python benchmarks/ptq_recipes.py                                   # every model, bits and recipe below
     python benchmarks/ptq_recipes.py --models dlib_resnet --bits w4a8 \\
         --recipes ranges ranges,reconstruct --work /tmp/ptq                # one cell
     python benchmarks/ptq_recipes.py --bits w8a8 --recipes equalize,ranges,bias_correction \\
         --acts symmetric asymmetric                                        # the CPU targets' activations
+    python benchmarks/ptq_recipes.py --bits w8a8 --recipes equalize,ranges,bias_correction \\
+        --calibration synthetic real                                       # real calibration side by side
 
 Prints one JSON document. Per model, 64 synthetic images are made once from the model itself
 (``qfsdk synth``'s ``auto`` inversion, seed 0) and kept in ``--work``, so reruns reuse them and
-every recipe sees the same images. No real face is used for calibration or reconstruction. Each
+every recipe sees the same images; no real face is used for their calibration or reconstruction. Each
 (acts, bits, recipe) is run through ``qfsdk.calibrate`` with percentile ranges (``--acts asymmetric``:
 ``asymmetric_acts``, zero-point activations over their min/max, the CPU backends' form) and scored in PyTorch
 (fake quantization: the ONNX export reproduces it, see ``benchmarks/export_real.py``): minimum and
@@ -17,6 +19,11 @@ fr_feature: the 10 scoring crops of ``tests/real_models.crop_halves``, the half 
 ``benchmarks/peers.py`` are scored on; dlib_resnet also its decision flips over the chips' 66 pairs at
 its threshold), and the recipe's wall-clock seconds on ``--threads`` threads (synthesis excluded).
 ``default`` marks the recipe ``qfsdk calibrate`` runs at those bits.
+
+``--calibration synthetic real`` adds rows calibrated on real faces instead, the same recipe side by
+side: the peers' calibration half of the crops for SFace and fr_feature (scored on the other half, as
+in ``benchmarks/peers.py``), and for dlib_resnet the dlib chips of insightface's photos (``t1.jpg``,
+``Tom_Hanks_54745.png``: other people than the 12 scored chips).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ SYNTHETIC_IMAGES = 64
 MODELS = ("dlib_resnet", "sface", "fr_feature")
 BITS = ("w8a8", "w6a6", "w4a8")
 ACTS = ("symmetric",)  # --acts asymmetric adds ``asymmetric_acts`` rows
+CALIBRATIONS = ("synthetic", "real")
 RECIPES = ("ranges", "ranges,bias_correction", "equalize,ranges,bias_correction",
            "equalize,ranges,keep_float:layers=3,bias_correction", "ranges,reconstruct",
            "ranges,reconstruct:ranges=false", "ends_8bit,ranges,reconstruct", "ends_8bit,ranges,reconstruct:drop=0.5",
@@ -73,6 +81,20 @@ def float_model(name: str, work: Path) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, torch.from_numpy(model.contract.preprocess(np.stack([crop for _, crop in scoring])))
 
 
+def real_calibration_faces(name: str) -> np.ndarray:
+    """Real aligned faces (uint8, N x H x W x 3) that calibrate ``name`` and are never scored."""
+    if name == "dlib_resnet":
+        from face_photos import photo_chips
+        from real_models import INSIGHTFACE_PHOTOS, photo_paths
+
+        photo_paths()  # fetches insightface's photos
+        return np.stack([chip for photo in INSIGHTFACE_PHOTOS.names for chip in photo_chips(photo)])
+    from real_models import crop_halves
+
+    calibration, _ = crop_halves()
+    return np.stack([crop for _, crop in calibration])
+
+
 def synthetic_images(source: str, folder: Path) -> Path:
     """The model's synthetic images in ``folder``, made once: a complete set is reused as it is (``qfsdk
     synth`` would refuse one made on another thread count, whose last bits may differ)."""
@@ -83,7 +105,7 @@ def synthetic_images(source: str, folder: Path) -> Path:
 
 
 def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch.Tensor, bits: str, recipe: str,
-             acts: str) -> dict:
+             acts: str, calibration: str) -> dict:
     steps = parse_recipe(recipe)
     asymmetric = acts == "asymmetric"
     config = preset(bits, asymmetric_acts=asymmetric)
@@ -99,7 +121,8 @@ def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch
     flips = {}
     if contract.distance == "euclidean":  # dlib_resnet: same/different-person decisions at its threshold
         flips = {"decision_flips": pair_fidelity(embeddings, reference, contract.threshold)["decision_flips"]}
-    return {"acts": acts, "recipe": recipe_text(steps), "default": steps == default and not asymmetric, "min_cosine": round(float(cosines.min()), 5),
+    return {"calibration": calibration, "images": card_of(quantized).calibration["images"], "acts": acts, "recipe": recipe_text(steps),
+            "default": steps == default and not asymmetric and calibration == "synthetic", "min_cosine": round(float(cosines.min()), 5),
             "mean_cosine": round(float(cosines.mean()), 5), **flips, "seconds": round(seconds, 1)}
 
 
@@ -110,6 +133,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), help="each a `qfsdk calibrate --recipe` value")
     parser.add_argument("--acts", nargs="+", default=list(ACTS), choices=("symmetric", "asymmetric"),
                         help="activation form: symmetric (every target) and/or asymmetric (--asymmetric-acts: CPU backends)")
+    parser.add_argument("--calibration", nargs="+", default=["synthetic"], choices=CALIBRATIONS,
+                        help="synthetic (64 images made from the model) and/or real (held-out real faces, see above)")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "ptq-recipes", help="imports and synthetic images")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -121,12 +146,16 @@ def main() -> None:
         model, faces = float_model(name, args.work)
         synthetic = args.work / f"{name}_synthetic"
         source = name if name == "dlib_resnet" else str(args.work / f"{name}_float.onnx")
-        synthetic_images(source, synthetic)
-        data, _ = open_source(synthetic, model)
+        sources = {}
+        if "synthetic" in args.calibration:
+            synthetic_images(source, synthetic)
+            sources["synthetic"], _ = open_source(synthetic, model)
+        if "real" in args.calibration:
+            sources["real"] = real_calibration_faces(name)
         with torch.no_grad():
             reference = model(faces)
-        rows = [dict(bits=bits, **run_cell(model, data, faces, reference, bits, recipe, acts))
-                for acts in args.acts for bits in args.bits for recipe in args.recipes]
+        rows = [dict(bits=bits, **run_cell(model, data, faces, reference, bits, recipe, acts, calibration))
+                for calibration, data in sources.items() for acts in args.acts for bits in args.bits for recipe in args.recipes]
         result["models"][name] = rows
         print(json.dumps({name: rows}), file=sys.stderr, flush=True)  # progress: one model at a time
     print(json.dumps(result, indent=2))
