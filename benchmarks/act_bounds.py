@@ -26,11 +26,13 @@ not better calibration data.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -61,14 +63,21 @@ def scored(model: torch.nn.Module, faces: torch.Tensor, reference: torch.Tensor)
         return summary(cosines(model, faces, reference))
 
 
-def with_bypassed(quantizers: list, model: torch.nn.Module, faces: torch.Tensor, reference: torch.Tensor) -> dict:
+@contextlib.contextmanager
+def bypassing(quantizers: list) -> Iterator[None]:
+    """Only these quantizers pass their values through unchanged (``qfsdk.quant.modules.bypassed`` does all)."""
     for quantizer in quantizers:
         quantizer.bypass = True
     try:
-        return scored(model, faces, reference)
+        yield
     finally:
         for quantizer in quantizers:
             quantizer.bypass = False
+
+
+def with_bypassed(quantizers: list, model: torch.nn.Module, faces: torch.Tensor, reference: torch.Tensor) -> dict:
+    with bypassing(quantizers):
+        return scored(model, faces, reference)
 
 
 def observed_ranges(model: torch.nn.Module, quantizers: list, faces: torch.Tensor) -> dict:
@@ -79,14 +88,10 @@ def observed_ranges(model: torch.nn.Module, quantizers: list, faces: torch.Tenso
         seen[module] = (float(args[0].min()), float(args[0].max()))
 
     hooks = [quantizer.register_forward_hook(record) for quantizer in quantizers]
-    for quantizer in quantizers:
-        quantizer.bypass = True
     try:
-        with torch.no_grad():
+        with bypassing(quantizers), torch.no_grad():
             model(faces)
     finally:
-        for quantizer in quantizers:
-            quantizer.bypass = False
         for hook in hooks:
             hook.remove()
     return seen
