@@ -1,4 +1,5 @@
 # Two commands: `make demo` and `make test`. Both create ./.venv on first use.
+# `make wheel`: the deployment wheel in dist/ (pip install dist/qfsdk-*.whl: torch-free, no venv needed here).
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch; override (e.g. TORCH=torch) to let pip choose.
@@ -7,7 +8,7 @@ EXTRAS ?= quantize,dev,dlib,openvino,ray
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.qfsdk-installed
 
-.PHONY: demo test install clean native
+.PHONY: demo test install clean native wheel
 
 install: $(STAMP)
 
@@ -24,6 +25,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+DIST ?= dist
+wheel:
+	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir $(DIST) .
+	@ls $(DIST)/qfsdk-*.whl
+
 # libqfsdk.so (C ABI) and examples/embed in build/native, with OpenVINO from the venv's wheel
 # (creates the venv if missing, never reinstalls it).
 native: | $(STAMP)
@@ -32,4 +38,4 @@ native: | $(STAMP)
 	cmake --build build/native -j 2
 
 clean:
-	rm -rf $(VENV) .cache qfsdk-demo build *.egg-info
+	rm -rf $(VENV) .cache qfsdk-demo build dist *.egg-info

@@ -32,7 +32,7 @@ from .detect import DETECTOR_BACKEND, DetectorOptions, FaceDetector
 from .embedder import Embedder
 from .errors import QfsdkError
 from .files import atomic_output, sha256_file
-from .images import UnreadableImage, collect_images, load_rgb
+from .images import UnreadableImage, collect_images, load_rgb, require_crops
 from .manifest import describe_changes, read_manifest, write_manifest
 from .metadata import read_contract
 from .photos import detector_template, embed_photo_files
@@ -101,6 +101,7 @@ def embed_gallery(
     threads: int = 1,
     gpus_per_actor: float = 0.0,
     detect: PhotoOptions | None = None,
+    aligned: bool = False,
 ) -> GalleryResult:
     """Embed the images in ``inputs`` (files, or folders walked in sorted order) into ``out_dir``.
 
@@ -108,7 +109,9 @@ def embed_gallery(
     this process is already connected to, else ``ray.init()``'s default). ``actors``: size of
     the actor pool (None: the cluster's CPUs / ``threads``, or its GPUs / ``gpus_per_actor``).
     ``threads``: CPU threads of each actor's backend, also the CPUs Ray reserves for it.
-    ``detect``: the inputs are photos: one row per face found (see the module's docs).
+    ``detect``: the inputs are photos: one row per face found (see the module's docs). Without it the
+    inputs are aligned crops of the model's input size (others refused before any work), or with
+    ``aligned`` crops of any size, resized to the model input.
     """
     if shard_size < 1 or threads < 1 or gpus_per_actor < 0 or (actors is not None and actors < 1):
         raise ValueError("shard_size, threads and actors must be >= 1 and gpus_per_actor >= 0")
@@ -119,6 +122,8 @@ def embed_gallery(
     files = collect_images(inputs)
     if not files:
         raise QfsdkError(f"no image files in {', '.join(map(str, inputs))}")
+    if detect is None and not aligned:
+        require_crops(files, read_contract(model_path).input_size)
     paths = [str(p) for p in files]
     options: dict[str, Any] = {"backend": backend, "flip": flip, "normalize": normalize}
     if detect is not None:  # only then, so galleries of crops made before detection still match

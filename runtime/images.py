@@ -10,7 +10,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -23,6 +23,8 @@ DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 WIDE_GRAYSCALE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})  # more than 8 bits per sample
+EXIF_ORIENTATION = 0x0112
+QUARTER_TURNS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
@@ -63,6 +65,31 @@ def load_rgb(path: Path) -> tuple[np.ndarray, bool]:
             return np.asarray(upright.convert("RGB")), grayscale
     except DECODE_ERRORS as exc:
         raise UnreadableImage(path, str(exc)) from None
+
+
+def upright_size(path: Path) -> tuple[int, int] | None:
+    """(height, width) of the image file as :func:`load_rgb` turns it upright, read from its header
+    without decoding the pixels; None when the file cannot be read (the decoder reports it later)."""
+    try:
+        _check_regular(path)
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(EXIF_ORIENTATION, 1) in QUARTER_TURNS:
+                width, height = height, width
+    except (UnreadableImage, *DECODE_ERRORS):
+        return None
+    return height, width
+
+
+def require_crops(files: Sequence[Path], size: tuple[int, int]) -> None:
+    """Refuse, before any work, images that are not ``size`` (height, width) crops: photos embedded as
+    crops would be resized whole into the model input and give unusable embeddings."""
+    odd = [(path, found) for path in files if (found := upright_size(path)) is not None and found != size]
+    if not odd:
+        return
+    shown = ", ".join(f"{path} {w}x{h}" for path, (h, w) in odd[:3]) + (", ..." if len(odd) > 3 else "")
+    raise QfsdkError(f"{len(odd)} of {len(files)} images are not {size[1]}x{size[0]} aligned crops ({shown}): "
+                     "pass --detect to find and align the faces in photos, or --aligned to resize crops to the model input")
 
 
 def _check_regular(path: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .metadata import ARCHITECTURE_KEY, ENGINE_SUFFIXES, IMPORTED_PREFIX, ModelFileError, read_onnx_metadata
+from .metadata import ENGINE_SUFFIXES, ModelFileError, read_onnx_metadata
 
 QUANT_CONFIG_KEY = "qfsdk.quant_config"
 # placement scheme -> the backends it is made for (qfsdk.quant.schemes is the registry of schemes)
@@ -24,25 +24,25 @@ MADE_FOR: dict[str, tuple[str, ...]] = {
 }
 # backend -> (the scheme to calibrate a model for it with, what the wrong placement costs there)
 RIGHT_SCHEME: dict[str, tuple[str, str]] = {
-    "onnxruntime": ("onnxruntime", "ONNX Runtime runs its convs in float between the Q/DQ pairs, often slower "
-                                   "than the float model"),
-    "openvino": ("tensorrt", "OpenVINO runs the extra Q/DQ pairs on conv outputs, slower than the tensorrt placement"),
-    "tensorrt": ("tensorrt", "TensorRT cannot fuse Q/DQ on conv outputs and into PReLU, slower than the tensorrt placement"),
+    "onnxruntime": ("onnxruntime", "ONNX Runtime runs its convs in float between the Q/DQ pairs (slow)"),
+    "openvino": ("tensorrt", "OpenVINO runs its extra Q/DQ pairs on conv outputs (slower)"),
+    "tensorrt": ("tensorrt", "TensorRT cannot fuse its Q/DQ on conv outputs and into PReLU (slower)"),
 }
 ZERO_POINTS_ON_TENSORRT = "its activations have zero points (--asymmetric-acts), which TensorRT cannot run"
 NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
+INSTALL_HINT = {"openvino": "pip install 'qfsdk[openvino]'", "tensorrt": "a GPU with the tensorrt extra"}
 
 
 def placement_note(model_path: str | Path, backend: str) -> str | None:
-    """One line for a quantized ONNX file whose placement is made for another backend than
-    ``backend``, with the commands that make the right file; None when it fits (or is float,
-    or an engine, or carries no quantization metadata)."""
+    """One short line for a quantized ONNX file whose placement is made for another backend than
+    ``backend``: what it costs there and the two ways out (a backend the file is made for, or the
+    flags that make the right file); None when it fits (or is float, or an engine, or carries no
+    quantization metadata)."""
     path = Path(model_path)
     if path.suffix.lower() in ENGINE_SUFFIXES or backend not in RIGHT_SCHEME:
         return None
     try:
-        metadata = read_onnx_metadata(path)
-        config = json.loads(metadata[QUANT_CONFIG_KEY])
+        config = json.loads(read_onnx_metadata(path)[QUANT_CONFIG_KEY])
         scheme = config["scheme"]
         bits = f"W{int(config['weight_bits'])}A{int(config['act_bits'])}"
     except (ModelFileError, KeyError, TypeError, ValueError):
@@ -53,16 +53,10 @@ def placement_note(model_path: str | Path, backend: str) -> str | None:
         made_for = tuple(b for b in made_for if b != "tensorrt")
     if made_for is None or backend in made_for:
         return None
-    right, cost = RIGHT_SCHEME[backend]
-    flag = " --asymmetric-acts" if asymmetric and backend != "tensorrt" else ""
+    right, cost = RIGHT_SCHEME[backend]  # `convert` then defaults to the right target
     if asymmetric and backend == "tensorrt":
-        cost = ZERO_POINTS_ON_TENSORRT
-    arch = metadata.get(ARCHITECTURE_KEY) or "NAME"
-    name = arch.removeprefix(IMPORTED_PREFIX) if arch != "NAME" else "model"
-    if arch.startswith(IMPORTED_PREFIX):
-        arch = f"<your qfsdk import of {name}.onnx>"  # its path is not recorded in the quantized file
-    stem = f"{name}_{bits.lower()}_{right}"
-    return (f"{path}: {bits} with the {scheme} placement, made for {' and '.join(NAMES[b] for b in made_for)}; "
-            f"{cost}. For {NAMES[backend]}, make the file with `qfsdk calibrate --model {arch} ... --scheme {right}{flag} "
-            f"-o {stem}.safetensors` and `qfsdk convert {stem}.safetensors --target {backend} -o {stem}.onnx`"
-            f"{', or run this one on ' + ' or '.join(made_for[::-1]) if backend == 'onnxruntime' else ''}")
+        return f"{path}: {bits}: {ZERO_POINTS_ON_TENSORRT}; calibrate it without --asymmetric-acts for TensorRT"
+    flag = " --asymmetric-acts" if asymmetric else ""
+    other = next((b for b in reversed(made_for) if b != "tensorrt"), made_for[0])
+    run_there = f"run it on {NAMES[other]} ({INSTALL_HINT[other]}) or " if backend == "onnxruntime" else ""
+    return f"{path}: {bits}, {scheme} placement: {cost}; {run_there}remake it with `calibrate --scheme {right}{flag}`"

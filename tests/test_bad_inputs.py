@@ -290,6 +290,41 @@ def test_progress_in_a_log_file_is_a_few_lines(tmp_path):
     assert "30/30" in updates[-1]
 
 
+@pytest.mark.parametrize("argv, named", [
+    ("embed {tmp}/gone.onnx {tmp} -o {tmp}/e.npz", "gone.onnx: no such file (MODEL)"),
+    ("embed {onnx} {tmp}/gone -o {tmp}/e.npz", "gone: no such file or folder (PATHS)"),
+    ("embed {tmp} {tmp} -o {tmp}/e.npz", ": a folder, not a file (MODEL)"),
+    ("bench {tmp}/gone.onnx", "gone.onnx: no such file (MODELS)"),
+    ("calibrate --model {tmp}/gone.onnx --synthetic -o {tmp}/q.safetensors", "gone.onnx: no such file; --model takes a zoo name"),
+    ("calibrate --model mobilefacenet --weights {tmp}/gone.pth --synthetic -o {tmp}/q.safetensors", "gone.pth: no such file (--weights)"),
+    ("convert {tmp}/gone.safetensors -o {tmp}/x.onnx", "gone.safetensors: no such file"),
+])
+def test_a_missing_input_is_one_line_and_exit_1(files, tmp_path, argv, named):
+    """Not click's three-line usage error (exit 2): one line naming the path, as for any other bad file."""
+    result = run_cli(*argv.format(tmp=tmp_path, onnx=files["onnx"]).split())
+    assert_one_line_refusal(result, named)
+
+
+def test_a_log_gets_at_most_twenty_lines_per_bar_whatever_the_postfix_and_the_run_length():
+    """`qfsdk qat` sets its loss after the bar every step: in a log that must not be a line per step."""
+    from qfsdk.progress import progress_bar
+
+    def lines(seconds_per_step: float, steps: int = 400) -> list[str]:
+        log = io.StringIO()
+        with progress_bar(total=steps, desc="qat", file=log) as bar:
+            clock = [bar.last_print_t]
+            bar._time = lambda: clock[0]  # the bar's own clock, advanced as if each step took this long
+            for _ in range(steps):
+                clock[0] += seconds_per_step
+                bar.update(1)
+                bar.set_postfix(loss="1e-3")
+        return [line for line in log.getvalue().replace("\r", "\n").splitlines() if "qat" in line]
+
+    assert len(lines(0.01)) <= 3  # a short run: its first and last state
+    assert 4 <= len(lines(30.0)) <= 22  # a long one: every 5 % of the steps at most
+    assert "400/400" in lines(1.0)[-1]
+
+
 def test_progress_bars_refresh_normally_on_a_terminal():
     from qfsdk.progress import LOG_INTERVAL, progress_bar
 

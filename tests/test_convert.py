@@ -92,6 +92,10 @@ def test_onnx_runtime_matches_pytorch_quantized_model(exports, case):
     result = exports[case]
     parity = result["parity"]
     assert "qfsdk check:  passes" in result["summary"]
+    # the summary keeps the two apart: the export is exact, the quantization costs what it costs
+    assert "export:       exact: ONNX Runtime vs the PyTorch quantized model" in result["summary"], result["summary"]
+    source = "the float model it was made from" if case[0] == "dlib_resnet" else "its own weights without quantizers"
+    assert f"quantization: vs {source}: min cosine" in result["summary"], result["summary"]
     assert parity.forced_cosine.min() >= PARITY, parity.summary()
     assert parity.max_tie_distance < 1e-3, parity.summary()
     assert parity.differing_codes < 1e-5 * parity.codes, parity.summary()

@@ -51,12 +51,28 @@ def test_folder_with_a_corrupt_and_a_grayscale_file_embeds_the_rest_and_reports_
     np.testing.assert_allclose(saved["embeddings"], expected, atol=1e-5)
 
 
-def test_crops_of_another_size_are_resized_with_a_warning(dlib_fp32_onnx, chips, tmp_path):
+def test_crops_of_another_size_are_resized_with_aligned_and_refused_without(dlib_fp32_onnx, chips, tmp_path):
     Image.fromarray(chips[0]).resize((100, 100)).save(tmp_path / "small.png")
-    result = run_embed(dlib_fp32_onnx, tmp_path / "small.png", "--backend", "onnxruntime", "--normalize", "-o", tmp_path / "e.npz")
+    Image.fromarray(chips[1]).save(tmp_path / "fits.png")
+    refused = run_embed(dlib_fp32_onnx, tmp_path, "--backend", "onnxruntime", "-o", tmp_path / "e.npz")
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1, refused.output
+    assert "1 of 2 images are not 150x150 aligned crops" in refused.output and "small.png 100x100" in refused.output
+    assert "--detect" in refused.output and "--aligned" in refused.output and not (tmp_path / "e.npz").exists()
+    result = run_embed(dlib_fp32_onnx, tmp_path / "small.png", "--aligned", "--backend", "onnxruntime", "--normalize",
+                       "-o", tmp_path / "e.npz")
     assert result.exit_code == 0, result.output
     assert "resized 1 crops to the model input 150x150" in result.output
     np.testing.assert_allclose(np.linalg.norm(np.load(tmp_path / "e.npz")["embeddings"], axis=1), 1, rtol=1e-5)
+
+
+def test_the_crop_check_reads_sizes_upright(dlib_fp32_onnx, chips, tmp_path):
+    """A crop stored sideways with an EXIF rotation is the model's size once upright, as it is decoded."""
+    sideways = Image.fromarray(np.ascontiguousarray(chips[0][:, :120]))  # 150 high, 120 wide upright
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to view
+    sideways.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "rotated.jpg", exif=exif)
+    refused = run_embed(dlib_fp32_onnx, tmp_path / "rotated.jpg", "--backend", "onnxruntime", "-o", tmp_path / "e.npz")
+    assert refused.exit_code == 1 and "rotated.jpg 120x150" in refused.output, refused.output
 
 
 def test_landmarks_file_aligns_full_images_and_skips_those_without_an_entry(dlib_fp32_onnx, chips, tmp_path):

@@ -109,9 +109,11 @@ def test_embed_photos_api_equals_the_cli(imported, tmp_path):
     np.testing.assert_array_equal(largest.boxes[0], faces.boxes[np.argmax(areas)])
 
 
-def test_photos_without_a_mode_get_one_line_suggesting_detect(imported, tmp_path):
-    _, output = embed_cli(imported, [face_photo_dir() / "obama.jpg"], tmp_path / "plain.npz")
-    assert "pass --detect to find and align their faces" in output
+def test_photos_without_a_mode_are_refused_with_the_fix(imported, tmp_path):
+    result = run_cli("embed", imported, face_photo_dir() / "obama.jpg", "-o", tmp_path / "plain.npz")
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
+    assert "not 112x112 aligned crops" in result.output and "pass --detect to find and align the faces" in result.output
+    assert not (tmp_path / "plain.npz").exists()
     _, output = embed_cli(imported, [face_photo_dir() / "obama.jpg"], tmp_path / "aligned.npz", "--aligned")
     assert "--detect" not in output
 

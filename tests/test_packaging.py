@@ -155,22 +155,26 @@ def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_plain_install_in_a_fresh_venv_embeds_without_torch(tmp_path, dlib_fp32_onnx):
-    """As a deployment user: a new venv, `pip install .` (the core dependencies only), then the CLI."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    installed = _pip(venv, *core)
-    if installed.returncode != 0:
-        pytest.skip(f"could not install the core dependencies from PyPI: {installed.stderr.strip()[-300:]}")
+def test_the_deployment_wheel_installs_in_a_fresh_venv_and_embeds_without_torch(tmp_path, dlib_fp32_onnx):
+    """As a deployment user: `make wheel`, a new venv, `pip install dist/qfsdk-*.whl` (the core dependencies
+    only, from PyPI), then the CLI, the packaged face detector included."""
     source = tmp_path / "src"  # a copy: the build writes its egg-info and build/ beside the sources
     for item in ("qfsdk", "runtime", "calib", "converters"):
         shutil.copytree(REPO / item, source / item, ignore=shutil.ignore_patterns("__pycache__", "native"))
-    for item in ("pyproject.toml", "README.md"):
+    for item in ("pyproject.toml", "README.md", "Makefile"):
         shutil.copy(REPO / item, source / item)
-    installed = _pip(venv, "--no-deps", str(source))
+    built = subprocess.run(["make", "-C", str(source), "wheel", f"PYTHON={sys.executable}"], capture_output=True, text=True,
+                           timeout=600)
+    if built.returncode != 0:
+        pytest.skip(f"could not build the wheel (setuptools from PyPI?): {built.stderr.strip()[-300:]}")
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr, built.stderr
+    wheels = sorted((source / "dist").glob("qfsdk-*.whl"))
+    assert len(wheels) == 1, built.stdout
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    installed = _pip(venv, str(wheels[0]))
     if installed.returncode != 0:
-        pytest.skip(f"could not build qfsdk (setuptools from PyPI?): {installed.stderr.strip()[-300:]}")
+        pytest.skip(f"could not install the wheel's dependencies from PyPI: {installed.stderr.strip()[-300:]}")
     python, qfsdk = str(venv / "bin" / "python"), str(venv / "bin" / "qfsdk")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
@@ -191,6 +195,9 @@ def test_a_plain_install_in_a_fresh_venv_embeds_without_torch(tmp_path, dlib_fp3
     assert benched.returncode == 0, benched.stdout + benched.stderr
     runtime = run(python, "-c", "from qfsdk.runtime import Embedder; import sys; assert 'torch' not in sys.modules")
     assert runtime.returncode == 0, runtime.stderr
+    detector = run(python, "-c", "import numpy as np; from qfsdk.runtime.detect import FaceDetector; "
+                                 "print(len(FaceDetector().detect(np.zeros((120, 160, 3), np.uint8))))")
+    assert detector.returncode == 0 and detector.stdout.strip() == "0", detector.stderr  # the packaged YuNet is in the wheel
     refused = run(qfsdk, "calibrate", "--model", "mobilefacenet", "--synthetic", "-o", "x.safetensors")
     assert refused.returncode == 1 and refused.stderr.strip().count("\n") == 0, refused.stderr
     assert EXTRA_HINT in refused.stderr and not (tmp_path / "x.safetensors").exists()

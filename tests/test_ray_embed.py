@@ -22,7 +22,7 @@ from qfsdk.runtime.distributed import embed_gallery, read_gallery, read_gallery_
 
 IMAGES = 300
 SHARD_SIZE = 64
-RAY_ARGS = ("--backend", "onnxruntime", "--ray", "--actors", "2", "--shard-size", str(SHARD_SIZE))
+RAY_ARGS = ("--aligned", "--backend", "onnxruntime", "--ray", "--actors", "2", "--shard-size", str(SHARD_SIZE))
 
 
 pytestmark = pytest.mark.usefixtures("local_ray")  # conftest: one local instance for the session
@@ -63,7 +63,7 @@ def faces(tmp_path_factory) -> Path:
 def single(model, faces, tmp_path_factory) -> dict[str, np.ndarray]:
     """The single-process `qfsdk embed` output."""
     out = tmp_path_factory.mktemp("single") / "e.npz"
-    result = run_embed(model, faces, "--backend", "onnxruntime", "-o", out)
+    result = run_embed(model, faces, "--aligned", "--backend", "onnxruntime", "-o", out)
     assert result.exit_code == 0, result.output
     return dict(np.load(out))
 
@@ -121,7 +121,7 @@ def test_rerun_with_other_settings_is_refused(model, faces, gallery):
 def test_a_killed_worker_s_shard_is_recomputed(model, faces, single, tmp_path):
     out, box = tmp_path / "out", {}
     run = threading.Thread(target=lambda: box.update(result=embed_gallery(
-        model, [faces], out, actors=2, shard_size=16, backend="onnxruntime")))  # fmt: skip
+        model, [faces], out, actors=2, shard_size=16, backend="onnxruntime", aligned=True)))  # fmt: skip
     run.start()
     while run.is_alive() and not list(out.glob("shard-*.parquet")):
         time.sleep(0.01)
@@ -130,6 +130,12 @@ def test_a_killed_worker_s_shard_is_recomputed(model, faces, single, tmp_path):
     run.join(timeout=120)
     assert written_before_the_kill < 19 and box["result"].computed == box["result"].shards == 19
     assert_exact(out, single)
+
+
+def test_photos_are_refused_before_any_shard_without_aligned(model, faces, tmp_path):
+    result = run_embed(model, faces, *RAY_ARGS[1:], "-o", tmp_path / "out")
+    assert result.exit_code == 1 and "6 of 301 images are not 112x112 aligned crops" in result.output, result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_ray_the_flag_says_how_to_install_it(model, faces, tmp_path, monkeypatch):

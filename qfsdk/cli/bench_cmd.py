@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from qfsdk.cli.common import InputPath
+
 from qfsdk.errors import QfsdkError
 from qfsdk.file_kinds import require
 from qfsdk.runtime.backends import BACKENDS
@@ -36,7 +38,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("models", nargs=-1, required=True, type=InputPath(dir_okay=False, path_type=Path))
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["auto", *BACKENDS]),
               help="Backend to time (repeatable); default: every installed backend that runs the artifact.")
 @click.option("--batch-size", "batch_sizes", multiple=True, type=click.IntRange(1), default=(1, 16), show_default=True,

@@ -6,16 +6,18 @@ from pathlib import Path
 
 import click
 
+from qfsdk.cli.common import InputPath
+
 from qfsdk.runtime.engine import sidecar_path
 from qfsdk.runtime.trt_build import build_engine
 
 
 @click.command("build")
-@click.argument("onnx", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("onnx", type=InputPath(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Engine file (.engine/.plan).")
 @click.option("--max-batch", type=click.IntRange(1), default=32, show_default=True, help="Largest batch of the optimization profile.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path), help="Timing cache file: read if present, updated after the build.")
-@click.option("--plugins", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--plugins", multiple=True, type=InputPath(dir_okay=False, path_type=Path),
               help="Plugin for custom layers (repeatable), loaded before parsing: a library (.so) or a tensorrt.plugin "
                    "file (.py), e.g. qfsdk's own FakeQuantize plugin for `convert --int6-plugin` graphs.")
 @click.option("--fp16-fallback", is_flag=True,

@@ -9,14 +9,14 @@ import click
 
 from qfsdk.quant.algorithms import ALGORITHMS, BEST_RECIPES, LOW_BIT_RECIPE
 
-from .common import build_config, check_output, method_option, model_options, quant_options, range_method
+from .common import InputPath, build_config, check_output, method_option, model_options, quant_options, range_method
 
 
 @click.command()
 @model_options
 @quant_options
 @click.option("--synthetic", is_flag=True, help="Generate synthetic calibration images from the model itself.")
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--data", "data_dir", type=InputPath(file_okay=False, path_type=Path),
               help="Folder of aligned face images, or a dataset written by `qfsdk synth`.")
 @click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")

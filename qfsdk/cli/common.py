@@ -21,6 +21,35 @@ from qfsdk.errors import ConfigError, QfsdkError
 DEFAULT_METHOD = "percentile"  # --method of calibrate and qat's PTQ start, for symmetric activations
 
 
+class InputPath(click.Path):
+    """``click.Path(exists=True, ...)`` whose refusals are user errors, one line and exit 1, naming the path
+    (click's own are usage errors: exit 2 and three lines of usage)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(exists=True, **kwargs)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        where = f" ({_hint(param)})" if param else ""
+        if not os.path.lexists(value):
+            kind = "folder" if not self.file_okay else "file" if not self.dir_okay else "file or folder"
+            raise click.ClickException(f"{value}: no such {kind}{where}")
+        if os.path.isdir(value) and not self.dir_okay:
+            raise click.ClickException(f"{value}: a folder, not a file{where}")
+        if not os.path.isdir(value) and not self.file_okay:
+            raise click.ClickException(f"{value}: a file, not a folder{where}")
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:  # unreadable, a dangling link
+            raise click.ClickException(f"{value}: {exc.message}{where}") from None
+
+
+def _hint(param: click.Parameter) -> str:
+    """How the command line names ``param``: its longest option flag, or its metavar for an argument."""
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return (param.human_readable_name or str(param.name)).upper()
+
+
 def check_output(output: Path, *inputs: Path | str | None, folder: bool = False) -> None:
     """Refuse, before any work, an ``output`` that is one of ``inputs`` (it would be overwritten)
     or that cannot be written (no permission, a directory where a file goes, a file where a folder
@@ -79,8 +108,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
 def model_options(fn: Callable) -> Callable:
     """``--model`` and ``--weights``."""
 
-    @click.option("--model", "model_name", required=True, help="Zoo model name (see `qfsdk models`).")
-    @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    @click.option("--model", "model_name", required=True,
+                  help="Zoo model name (see `qfsdk models`) or an .onnx file written by `qfsdk import`.")
+    @click.option("--weights", type=InputPath(dir_okay=False, path_type=Path),
                   help="Float checkpoint (.pth/.safetensors); dlib_resnet defaults to its installed weights.")
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -104,7 +134,7 @@ def quant_options(fn: Callable) -> Callable:
                        "(TensorRT needs zero point 0).")
     @click.option("--keep-8bit", "keep_8bit", multiple=True, metavar="PATTERN",
                   help="Layer name pattern kept at W8A8 (repeatable), e.g. 'conv1*' or 'fc'.")
-    @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    @click.option("--config", "config_file", type=InputPath(dir_okay=False, path_type=Path),
                   help="JSON quantization config (overrides --bits/--scheme).")
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

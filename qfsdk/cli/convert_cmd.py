@@ -10,7 +10,7 @@ from qfsdk.converters.convert import RECALIBRATIONS, ConvertOptions
 from qfsdk.converters.convert import convert as run_convert
 from qfsdk.converters.qdq_export import TARGETS
 
-from .common import check_output
+from .common import InputPath, check_output
 
 
 @click.command()
@@ -26,7 +26,7 @@ from .common import check_output
               help="Re-fit the symmetric ranges on synthetic images (QuantFace checkpoints for TensorRT).")
 @click.option("--num-images", type=click.IntRange(1), default=32, show_default=True, help="Synthetic images for --recalibrate.")
 @click.option("--iterations", type=click.IntRange(1), help="Synthesis steps per batch for --recalibrate (default: the method's).")
-@click.option("--probe-images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--probe-images", type=InputPath(file_okay=False, path_type=Path),
               help="Aligned face images for the fidelity numbers (default: seeded noise).")
 @click.option("--opset", type=click.IntRange(17, 20), default=17, show_default=True, help="ONNX opset (TensorRT 10 parses up to 20).")
 @click.option("--simplify", is_flag=True, help="Float exports: simplify the graph with onnx-simplifier (pip install 'qfsdk[simplify]').")

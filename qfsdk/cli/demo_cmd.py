@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from qfsdk.cli.common import InputPath
+
 
 @click.command()
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("qfsdk-demo"),
               show_default=True, help="Folder for the demo's files.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--images", type=InputPath(file_okay=False, path_type=Path),
               help="Folder of aligned face crops to embed instead of generated test patterns.")
 @click.option("--repeats", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed runs per measurement.")
 @click.option("--num-images", type=click.IntRange(1), default=32, show_default=True,

@@ -8,7 +8,7 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
-from qfsdk.cli.common import check_output
+from qfsdk.cli.common import InputPath, check_output
 from qfsdk.cli.embed_detect import photo_options
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
@@ -16,7 +16,7 @@ from qfsdk.runtime.backends import BACKENDS
 from qfsdk.runtime.batch_embed import embed_files
 from qfsdk.runtime.detect import DEFAULT_MAX_SIZE
 from qfsdk.runtime.files import atomic_output
-from qfsdk.runtime.images import collect_images, read_landmarks
+from qfsdk.runtime.images import collect_images, read_landmarks, require_crops
 
 LISTED = 5  # file names shown per report line
 RAY_ONLY = ("actors", "shard_size", "gpus_per_actor")
@@ -24,11 +24,13 @@ DETECT_ONLY = ("detect_size", "detect_threshold")
 
 
 @click.command("embed")
-@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("model", type=InputPath(dir_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=InputPath(path_type=Path))
 @click.option("--aligned", is_flag=True,
-              help="Images are aligned crops (the default). Crops of another size are resized to the model input, with a warning.")
-@click.option("--landmarks", "landmarks_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Images are aligned crops, those of another size resized to the model input. Without --aligned, "
+                   "--landmarks or --detect, images must be crops of the model's input size: photos are refused "
+                   "with the fix.")
+@click.option("--landmarks", "landmarks_file", type=InputPath(dir_okay=False, path_type=Path),
               help='JSON {"image path": [[x, y] x5]} (paths relative to the JSON file): align full images to the model\'s template.')
 @click.option("--detect", type=click.Choice(["all", "largest"]), is_flag=False, flag_value="all",
               help="Images are photos: find the faces (packaged YuNet detector), align each to the model's template "
@@ -70,7 +72,7 @@ def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: boo
             raise click.UsageError("--landmarks is not supported with --ray; pass aligned crops")
         if ray_address and Path(ray_address).exists():
             raise click.UsageError(f"--ray took {ray_address!r} as a cluster address; put --ray after PATHS or write --ray=ADDRESS")
-        return embed_on_ray(model, paths, output, address=ray_address or None, actors=actors, shard_size=shard_size,
+        return embed_on_ray(model, paths, output, address=ray_address or None, actors=actors, shard_size=shard_size, aligned=aligned,
                             backend=backend, batch_size=batch_size, flip=flip, normalize=normalize, threads=threads or 1,
                             gpus_per_actor=gpus_per_actor, detect=detect and photo_options(detect, detect_size, detect_threshold))
     given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT]
@@ -90,6 +92,8 @@ def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: boo
                               score_threshold=detect_threshold)
     landmarks = read_landmarks(landmarks_file) if landmarks_file else None
     with Embedder(model, backend, batch_size=batch_size, flip=flip, normalize=normalize, threads=threads) as embedder:
+        if landmarks is None and not aligned:
+            require_crops(files, embedder.contract.input_size)
         result = embed_files(embedder, files, landmarks)
         backend_name, size = embedder.backend_name, embedder.contract.input_size
     if not result.paths:
@@ -107,9 +111,6 @@ def embed(ctx: click.Context, model: Path, paths: tuple[Path, ...], aligned: boo
     ):
         if count_of:
             click.echo(f"{what.format(len(count_of))}: {listed(count_of, result.reasons)}", err=True)
-    if result.resized and not aligned and not landmarks_file:
-        click.echo(f"{len(result.resized)} images are not {size[0]}x{size[1]} crops: if they are photos, pass --detect "
-                   "to find and align their faces (--aligned resizes crops without this note)", err=True)
 
 
 def embed_on_ray(model: Path, paths: tuple[Path, ...], output: Path, **options: object) -> None:

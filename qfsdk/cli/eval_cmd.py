@@ -7,20 +7,22 @@ from pathlib import Path
 
 import click
 
+from qfsdk.cli.common import InputPath
+
 
 @click.command("eval")
 @click.argument("models", nargs=-1, metavar="[MODEL]...")
-@click.option("--bin", "bins", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--bin", "bins", multiple=True, type=InputPath(dir_okay=False, path_type=Path),
               help="insightface .bin verification set (lfw.bin, cfp_fp.bin, ...); repeatable.")
-@click.option("--ijb", "ijbs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--ijb", "ijbs", multiple=True, type=InputPath(file_okay=False, path_type=Path),
               help="IJB-B/IJB-C folder (meta/ and loose_crop/, insightface layout); repeatable.")
 @click.option("--fidelity", nargs=2, metavar="FLOAT QUANT", help="Compare a quantized model with its float model on --images.")
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--images", type=InputPath(file_okay=False, path_type=Path),
               help="Folder of aligned face crops for --fidelity (a few dozen: every candidate config runs on all).")
 @click.option("--budget", type=click.FloatRange(-1.0, 1.0), default=0.99, show_default=True,
               help="Minimum cosine the mixed-precision recommendation must reach.")
 @click.option("--threshold", type=float, help="Decision threshold for flips (default: the model's; cosine models have none).")
-@click.option("--calib-data", "calib_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--calib-data", "calib_dir", type=InputPath(file_okay=False, path_type=Path),
               help="The data QUANT was calibrated on (folder or `qfsdk synth` dataset): each candidate config is "
                    "recalibrated on it, as `qfsdk calibrate --config` would.")
 @click.option("--sensitivity-batches", type=click.IntRange(1), default=2, show_default=True,

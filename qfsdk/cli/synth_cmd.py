@@ -8,12 +8,12 @@ import click
 
 from qfsdk.calib.inversion import AUTO, methods_help
 
-from .common import check_output
+from .common import InputPath, check_output
 
 
 @click.command()
 @click.option("--model", "model_name", required=True, help="Zoo model to invert (see `qfsdk models`).")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--weights", type=InputPath(dir_okay=False, path_type=Path),
               help="Weights file; default: the model's packaged weights, else a seeded random init.")
 @click.option("-n", "count", type=click.IntRange(min=1), required=True, help="Number of images.")
 @click.option("--method", default=AUTO, show_default=True, help=f"Synthesis method. {methods_help()}.")

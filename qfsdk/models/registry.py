@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,11 @@ def get_spec(name: str) -> ModelSpec:
         spec = resolve(name)
         if spec is not None:
             return spec
+    if os.sep in name or "/" in name or Path(name).suffix:  # meant as a file, not a zoo name
+        what = ("no such file" if not os.path.lexists(name)
+                else "not an ONNX model (a float checkpoint goes in --weights, with its architecture in --model)")
+        raise ConfigError(f"{name}: {what}; --model takes a zoo name (see `qfsdk models`) or the .onnx file "
+                          "that `qfsdk import` writes")
     close = difflib.get_close_matches(name, names(), n=3)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     raise ConfigError(f"unknown model {name!r}{hint} (known: {', '.join(names())}, or the .onnx file of `qfsdk import`)")

@@ -130,6 +130,32 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return metadata
 
 
+def _rebuild_spec_of(metadata: Mapping[str, str]) -> dict[str, Any]:
+    return json.loads(metadata.get("rebuild") or "null") or {"kind": "zoo", "name": metadata["architecture"]}
+
+
+def load_float(path: str | Path) -> nn.Module | None:
+    """The float model a quantized checkpoint was made from, with its original weights, where the file
+    can say: a payload builder's (an imported ONNX carried in the file), or a zoo model whose weights file
+    is still where the checkpoint's card says (the packaged dlib weights included). None otherwise
+    (random or moved weights): the quantized model's own float weights are then the only reference."""
+    from safetensors import safe_open
+
+    from qfsdk.models import create
+
+    metadata = read_metadata(path)
+    spec = _rebuild_spec_of(metadata)
+    builder = BUILDERS.get(spec.get("kind"))
+    if builder is None:
+        return None
+    if builder.payload is None:
+        weights = metadata.get("weights", "")
+        return create(spec["name"], weights=weights) if spec.get("kind") == "zoo" and Path(weights).is_file() else None
+    with safe_open(str(path), framework="pt") as handle:
+        payload = {k[len(PAYLOAD_PREFIX):]: handle.get_tensor(k) for k in handle.keys() if k.startswith(PAYLOAD_PREFIX)}
+    return builder.rebuild(spec, payload).eval()
+
+
 def load(path: str | Path) -> nn.Module:
     """Rebuild a quantized model saved by :func:`save_quantized` (eval mode, ranges fixed)."""
     from safetensors.torch import load_file
@@ -137,7 +163,7 @@ def load(path: str | Path) -> nn.Module:
     from qfsdk.models.weights import describe_mismatch
 
     metadata = read_metadata(path)
-    spec = json.loads(metadata.get("rebuild") or "null") or {"kind": "zoo", "name": metadata["architecture"]}
+    spec = _rebuild_spec_of(metadata)
     if spec.get("kind") not in BUILDERS:
         raise CheckpointError(f"{path}: rebuilding a {spec.get('kind')!r} model needs its builder registered "
                               f"(known: {', '.join(BUILDERS)})")
