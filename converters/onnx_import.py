@@ -1,10 +1,12 @@
 """``qfsdk import``: bring a foreign ONNX face embedder into the SDK as a float ONNX with a contract.
 
-The graph is normalised (initializers out of the input list, opset >= 13, a dynamic batch axis,
-a hard-coded batch in Reshape rewritten where the data's first axis is the batch, NHWC input
-transposed to NCHW, one embedding output), checked (one image input, a 2-D embedding, only op types
-the SDK can represent), verified (its outputs equal the source model's, a batch equals single runs,
-and the PyTorch form computes the same) and written atomically with the contract in its metadata.
+The graph is normalised (initializers out of the input list, values known before run time folded
+into initializers at the source's batch, opset >= 13, a dynamic batch axis, a hard-coded batch in
+Reshape rewritten where the data's first axis is the batch, NHWC input transposed to NCHW, decomposed
+PReLUs folded back into PRelu and cancelling Transposes removed (onnx_folds.py), one embedding
+output), checked (one image input, a 2-D embedding, only op types the SDK can represent), verified
+(its outputs equal the source model's, a batch equals the source's runs, and the PyTorch form
+computes the same) and written atomically with the contract in its metadata.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.metadata import IMPORTED_PREFIX
 
 from .graph_tools import remove_unused_initializers
+from .onnx_folds import cancel_transposes, fold_constants, fold_prelus, hoist_prelus
 from .onnx_export import add_metadata
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
@@ -66,6 +69,8 @@ class ImportReport:
     rewritten_reshapes: list[str]
     max_abs_diff: float
     min_cosine: float
+    source_batch: int = 1
+    folds: tuple[str, ...] = ()
 
     def summary(self) -> str:
         c = self.contract
@@ -75,8 +80,10 @@ class ImportReport:
             f"{c.embedding_size}-d embedding compared by {c.distance}; template {c.alignment}",
             f"  opset {self.source_opset} -> {self.opset}; dynamic batch" + (
                 f" (Reshape {', '.join(self.rewritten_reshapes)} rewritten from a hard-coded batch)" if self.rewritten_reshapes else ""),
+            *([f"  folded: {', '.join(self.folds)}"] if self.folds else []),
             f"  verified: vs the source model max |diff| {self.max_abs_diff:.2e}, min cosine {self.min_cosine:.7f}; "
-            f"batch of {VERIFY_BATCH} equals single runs; PyTorch form equal",
+            f"batch of {VERIFY_BATCH} equals " + ("single runs" if self.source_batch == 1 else f"the source's runs of {self.source_batch}")
+            + "; PyTorch form equal",
         ]
         return "\n".join(lines)
 
@@ -167,59 +174,32 @@ def _dynamic_batch(proto: onnx.ModelProto) -> None:
     del proto.graph.value_info[:]  # shapes inferred for batch 1 would contradict the dynamic batch
 
 
-def _constants(proto: onnx.ModelProto) -> dict[str, np.ndarray]:
-    values = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-    for node in proto.graph.node:
-        if node.op_type == "Constant":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return values
+def _source_batch(proto: onnx.ModelProto) -> int:
+    """The batch the source runs at (its fixed one, else 1), set on the input so that shapes fold."""
+    dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if not dim.dim_value:
+        dim.Clear()
+        dim.dim_value = 1
+        del proto.graph.value_info[:]  # shapes exported for the symbolic batch
+    return dim.dim_value
 
 
-FOLDABLE = {
-    "Identity": lambda x, node: x,
-    "Unsqueeze": lambda x, node: np.expand_dims(x, tuple(_node_axes(node))),
-    "Squeeze": lambda x, node: np.squeeze(x, tuple(_node_axes(node)) or None),
-}
-
-
-def _node_axes(node: onnx.NodeProto) -> list[int]:
-    return list(next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axes"), []))
-
-
-def _fold_constant_reshapes(proto: onnx.ModelProto) -> None:
-    """Identity/Unsqueeze/Squeeze of an initializer (exporters wrap weights and PReLU slopes so) become
-    initializers, so every weight reaches its layer directly. Runs before the opset upgrade (axes as attributes)."""
-    initializers = {i.name: i for i in proto.graph.initializer}
-    kept = []
-    for node in proto.graph.node:
-        fold = FOLDABLE.get(node.op_type)
-        if fold is not None and len(node.input) == 1 and node.input[0] in initializers:
-            value = fold(numpy_helper.to_array(initializers[node.input[0]]), node)
-            folded = numpy_helper.from_array(np.ascontiguousarray(value), node.output[0])
-            proto.graph.initializer.append(folded)
-            initializers[folded.name] = folded
-        else:
-            kept.append(node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(kept)
-
-
-def _batch_reshapes(proto: onnx.ModelProto, path: Path) -> list[str]:
-    """Rewrite Reshape targets whose first entry hard-codes the batch (the data's first axis is the
-    symbolic batch) to 0 (copy it); a shape computed at run time is left alone."""
+def _batch_reshapes(proto: onnx.ModelProto, path: Path, batch: int) -> list[str]:
+    """Rewrite Reshape targets whose first entry hard-codes the source's ``batch`` (the data's first axis
+    is the symbolic batch) to 0 (copy it); a shape computed at run time is left alone."""
     inferred = shape_inference.infer_shapes(proto)
     first_dim = {i.name: i.type.tensor_type.shape.dim[0] for i in list(inferred.graph.value_info) + list(inferred.graph.input)
                  if i.type.tensor_type.shape.dim}
-    constants = _constants(proto)
+    constants = {i.name: i for i in proto.graph.initializer}
     rewritten = []
     for node in proto.graph.node:
         if node.op_type != "Reshape" or node.input[1] not in constants:
             continue
-        shape = constants[node.input[1]].astype(np.int64)
+        shape = numpy_helper.to_array(constants[node.input[1]]).astype(np.int64)
         dim = first_dim.get(node.input[0])
         if dim is None or dim.dim_param != BATCH or shape.ndim != 1 or shape[0] in (0, -1):
             continue
-        if shape[0] != 1:
+        if shape[0] != batch:
             raise _refuse(path, f"Reshape {node.name or node.output[0]} fixes the batch axis to {shape[0]}")
         fixed = shape.copy()
         fixed[0] = 0
@@ -230,15 +210,25 @@ def _batch_reshapes(proto: onnx.ModelProto, path: Path) -> list[str]:
     return rewritten
 
 
+def _fold_decompositions(proto: onnx.ModelProto) -> list[str]:
+    """Decomposed PReLUs back to PRelu, then NHWC Transposes that cancel removed; what was done, in words."""
+    done = [f"{what}: {count}" for what, count in (("decomposed PReLUs -> PRelu", fold_prelus(proto)),
+                                                 ("PRelus moved ahead of a Transpose", hoist_prelus(proto)),
+                                                 ("cancelling Transpose pairs removed", cancel_transposes(proto))) if count]
+    return done
+
+
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _verify(source: onnx.ModelProto, imported: onnx.ModelProto, options: ImportOptions, output: str, path: Path) -> tuple[float, float]:
+def _verify(source: onnx.ModelProto, imported: onnx.ModelProto, options: ImportOptions, output: str, path: Path,
+            source_batch: int) -> tuple[float, float]:
     """(max |diff|, min cosine) of the imported graph vs the source on random pixels normalised as the
-    contract says, one image at a time; a batch must equal single runs and the PyTorch form the ONNX one."""
+    contract says, the source run at its batch (one image, or its fixed batch: the last run padded with
+    zeros); the imported graph's batch must equal those runs and the PyTorch form the ONNX one."""
     import torch
 
     from qfsdk.models.onnx_graph import to_torch
@@ -250,12 +240,21 @@ def _verify(source: onnx.ModelProto, imported: onnx.ModelProto, options: ImportO
     layout = options.layout
     source_session, session = _session(source), _session(imported)
     src_input = source_session.get_inputs()[0].name
-    singles = []
-    for image in batch:
-        fed = image.transpose(1, 2, 0)[None] if layout == "nhwc" else image[None]
-        singles.append(source_session.run([output], {src_input: fed})[0])
-    expected = np.concatenate(singles)
-    got = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    runs = []
+    for start in range(0, VERIFY_BATCH, source_batch):
+        images = batch[start:start + source_batch]
+        fed = np.concatenate([images, np.zeros((source_batch - len(images), *images.shape[1:]), np.float32)])
+        fed = fed.transpose(0, 2, 3, 1) if layout == "nhwc" else fed
+        runs.append(source_session.run([output], {src_input: np.ascontiguousarray(fed)})[0][:len(images)])
+    expected = np.concatenate(runs)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the failure below is reported as a refusal, not logged too
+    try:
+        got = session.run(None, {session.get_inputs()[0].name: batch}, quiet)[0]
+    except Exception as exc:  # noqa: BLE001 -- ONNX Runtime raises Fail, RuntimeException, InvalidArgument...
+        why = str(exc).split("Status Message: ")[-1].splitlines()[0]
+        raise _refuse(path, f"a batch of {VERIFY_BATCH} fails ({why}): the graph fixes the batch where the import cannot "
+                            "rewrite it") from None
     if got.shape != expected.shape:
         raise _refuse(path, f"a batch of {VERIFY_BATCH} gives outputs of shape {got.shape}, single runs {expected.shape}: "
                             "the graph mixes the batch axis (a hard-coded batch the import cannot rewrite)")
@@ -295,6 +294,8 @@ def import_onnx(source: str | Path, output: str | Path, options: ImportOptions =
     proto.CopyFrom(original)
     image = _image_input(proto, path)
     embedding = _embedding_output(proto, options.output, path)
+    batch = _source_batch(proto)
+    fold_constants(proto)  # at the source's batch: shapes computed from it fold too
     unsupported = unsupported_ops(proto)
     if unsupported:
         raise _refuse(path, f"op types the SDK cannot represent: {', '.join(unsupported)}")
@@ -305,19 +306,19 @@ def import_onnx(source: str | Path, output: str | Path, options: ImportOptions =
                             "check --layout")
     if options.input_size is not None and tuple(options.input_size) != (height, width):
         raise _refuse(path, f"--input-size {options.input_size[0]}x{options.input_size[1]} but the graph takes {height}x{width}")
-    _fold_constant_reshapes(proto)
     proto = _upgrade(proto, path)
     if options.layout == "nhwc":
         _to_nchw(proto)
     _dynamic_batch(proto)
-    rewritten = _batch_reshapes(proto, path)
+    rewritten = _batch_reshapes(proto, path, batch)
+    folds = _fold_decompositions(proto)
     remove_unused_initializers(proto)
     onnx.checker.check_model(proto)
-    diff, cosine = _verify(original, proto, options, embedding.name, path)
+    diff, cosine = _verify(original, proto, options, embedding.name, path, batch)
     embedding_size = _session(proto).run(None, {proto.graph.input[0].name: np.zeros((1, 3, height, width), np.float32)})[0].shape[1]
     contract = _contract(options, (height, width), int(embedding_size))
     architecture = IMPORTED_PREFIX + path.stem
     add_metadata(proto, contract, architecture, {"qfsdk.source_sha256": source_sha256})
     with atomic_output(output) as tmp:
         onnx.save(proto, str(tmp))
-    return ImportReport(output, architecture, contract, source_opset, _opset(proto), rewritten, diff, cosine)
+    return ImportReport(output, architecture, contract, source_opset, _opset(proto), rewritten, diff, cosine, batch, tuple(folds))

