@@ -24,7 +24,7 @@ from qfsdk.eval.metrics import cosine_similarities
 from qfsdk.models.card import card_of
 from qfsdk.runtime.contract import FaceContract
 from qfsdk.runtime.files import atomic_output
-from qfsdk.runtime.placement import ZERO_POINTS_ON_TENSORRT
+from qfsdk.runtime.placement import ZERO_POINTS_ON_TENSORRT, mismatch
 
 from .graph_check import Violation, check_model
 from .onnx_export import export_float
@@ -398,8 +398,9 @@ def calibration_line(model: nn.Module) -> str | None:
 
 
 def placement_note(source: Source, target: Target) -> str | None:
-    """What the target loses on a model whose placement is made for another target, if anything."""
-    return target.placement_note if default_target(source.model) != target.name else None
+    """What the target loses on a model whose placement is made for other backends, if anything."""
+    config = card_of(source.model).quant_config
+    return mismatch(config.scheme, config.asymmetric_acts, target.name)
 
 
 def deployable_model(source: Source, target: Target, options: ConvertOptions, report: ConversionReport) -> nn.Module:

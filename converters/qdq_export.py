@@ -28,6 +28,7 @@ from qfsdk.models.card import card_of
 from qfsdk.quant.api import quant_config_of
 from qfsdk.quant.modules import ActQuantizer, WeightQuantizer, exporting
 from qfsdk.quant.schemes import get_scheme
+from qfsdk.runtime.placement import made_for
 from qfsdk.runtime.files import atomic_output
 
 from .graph_tools import (
@@ -44,36 +45,33 @@ from .qdq_forms import attach_plugin_reference
 
 @dataclass(frozen=True)
 class Target:
-    """What a deployment backend can run; ``placement_note``: what a model placed for another target loses here."""
+    """What a deployment backend can run (which placement suits it: :mod:`qfsdk.runtime.placement`)."""
 
     name: str
     symmetric_only: bool
     description: str
-    placement_note: str | None = None
 
 
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("tensorrt", True, "TensorRT explicit quantization: symmetric int8, zero point 0"),
-        Target("onnxruntime", False, "ONNX Runtime CPU/GPU: int8 Q/DQ, nonzero zero points allowed",
-               "ONNX Runtime's CPU kernels run these convs in float (their outputs are not quantized); "
-               "calibrate with --scheme onnxruntime for int8 QLinearConv"),
+        Target("onnxruntime", False, "ONNX Runtime CPU/GPU: int8 Q/DQ, nonzero zero points allowed"),
         Target("openvino", False, "OpenVINO CPU/iGPU: int8 Q/DQ, nonzero zero points allowed"),
     )
 }
 
 
 def default_target(model: nn.Module) -> str:
-    """The target the model's placement scheme is made for (``onnxruntime`` for that scheme); ``tensorrt``
-    for other schemes and float models, ``openvino`` for their placement with asymmetric activations
-    (TensorRT runs zero point 0 only)."""
+    """The first backend the model's placement is made for (:func:`qfsdk.runtime.placement.made_for`:
+    ``onnxruntime`` for that scheme, ``tensorrt`` for the others, ``openvino`` for their placement with
+    asymmetric activations); ``tensorrt`` for float models."""
     card = card_of(model, required=False)
     config = card.quant_config if card is not None else None
     if config is None:
         return "tensorrt"
-    target = get_scheme(config.scheme).target
-    return "openvino" if config.asymmetric_acts and TARGETS[target].symmetric_only else target
+    get_scheme(config.scheme)  # an unknown scheme fails here, named
+    return made_for(config.scheme, config.asymmetric_acts)[0]
 
 
 def get_target(name: str) -> Target:

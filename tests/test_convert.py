@@ -281,7 +281,8 @@ def test_onnxruntime_target_of_the_tensorrt_placement_says_how_to_get_int8_convs
     result = CliRunner().invoke(main, ["convert", str(exports["mobilefacenet", "w8a8"]["checkpoint"]), "-o", str(output),
                                        "--target", "onnxruntime"])
     assert result.exit_code == 0, result.output
-    assert "calibrate with --scheme onnxruntime" in result.output and "qfsdk check:  not run" in result.output
+    assert "tensorrt placement: ONNX Runtime runs its convs in float" in result.output, result.output
+    assert "remake it with `calibrate --scheme onnxruntime`" in result.output and "qfsdk check:  not run" in result.output
 
 
 def test_asymmetric_activations_run_on_the_cpu_backends_and_are_refused_for_tensorrt(tmp_path):
