@@ -92,7 +92,7 @@ def test_every_face_once_with_the_single_process_results(model, photos, single, 
 
     other = run_embed(model, photos, *RAY_ARGS, "--detect", "largest", "-o", out)
     assert other.exit_code == 1 and "other settings" in other.output and "detect" in other.output
-    crops = run_embed(model, photos, *RAY_ARGS, "-o", out)
+    crops = run_embed(model, photos, *RAY_ARGS, "--aligned", "-o", out)  # as crops: other settings than detection
     assert crops.exit_code == 1 and "other settings" in crops.output
 
 
