@@ -7,21 +7,20 @@ numpy and the backends release the GIL), so a folder embeds about as fast as the
 from __future__ import annotations
 
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .embedder import Embedder
+from .ahead import map_ahead
 from .errors import LandmarkError
 from .images import UnreadableImage, fit, load_rgb
 
-T = TypeVar("T")
-R = TypeVar("R")
+if TYPE_CHECKING:
+    from .embedder import Embedder
+
 MAX_WORKERS = 4  # decoding threads; more gain nothing beside a backend that uses the cores
 BATCHES_AHEAD = 2  # batches decoded ahead of the one being embedded
 FILES_PER_TASK = 8  # files one thread decodes per task (a task per file costs more in hand-offs)
@@ -61,7 +60,7 @@ class _Crop:
     reason: str | None = None
 
 
-def embed_files(embedder: Embedder, files: Sequence[Path], landmarks: dict[Path, np.ndarray] | None = None,
+def embed_files(embedder: "Embedder", files: Sequence[Path], landmarks: dict[Path, np.ndarray] | None = None,
                 *, workers: int | None = None) -> EmbedResult:
     """Embed ``files`` one batch at a time (a progress bar appears after 2 s on a terminal).
 
@@ -103,7 +102,7 @@ def embed_files(embedder: Embedder, files: Sequence[Path], landmarks: dict[Path,
     workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
     tasks = [files[i : i + FILES_PER_TASK] for i in range(0, len(files), FILES_PER_TASK)]
     ahead = max(workers, BATCHES_AHEAD * embedder.batch_size // FILES_PER_TASK)
-    decoded = _map_ahead(lambda task: [prepare(path) for path in task], tasks, workers, ahead)
+    decoded = map_ahead(lambda task: [prepare(path) for path in task], tasks, workers, ahead)
     with tqdm(total=len(files), unit="img", desc="embed", delay=2, disable=None, leave=False) as bar:
         for item in (item for task in decoded for item in task):
             bar.update(1)
@@ -124,19 +123,3 @@ def embed_files(embedder: Embedder, files: Sequence[Path], landmarks: dict[Path,
     if chunks:
         result.embeddings = np.concatenate(chunks)
     return result
-
-
-def _map_ahead(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
-    """``map(fn, items)`` in order, computed by ``workers`` threads at most ``ahead`` items in advance."""
-    source = iter(items)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="qfsdk-decode")
-    pending: deque[Future[R]] = deque(pool.submit(fn, item) for _, item in zip(range(ahead), source))
-    try:
-        while pending:
-            done = pending.popleft().result()
-            for item in source:  # refill one
-                pending.append(pool.submit(fn, item))
-                break
-            yield done
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)

@@ -13,6 +13,7 @@ from .backends import open_backend
 from .backends.base import Backend, TensorInfo
 from .contract import FaceContract
 from .errors import LandmarkError
+from .images import as_image_list, check_rgb_image
 from .metadata import ModelFileError, read_contract
 from .placement import placement_note
 
@@ -97,7 +98,7 @@ class Embedder:
 
     def _crops(self, images: Images) -> np.ndarray:
         """Validated aligned crops as one (N, H, W, 3) uint8 array."""
-        return np.stack([_check_image(im, i, self.contract.input_size) for i, im in enumerate(_as_list(images))])
+        return np.stack([check_rgb_image(im, i, self.contract.input_size) for i, im in enumerate(as_image_list(images))])
 
     def align(self, image: np.ndarray, landmarks: np.ndarray | Sequence) -> np.ndarray:
         """One full uint8 RGB image (H, W, 3) warped to the contract's template with its 5 landmarks (x, y).
@@ -111,13 +112,13 @@ class Embedder:
         template = self.contract.template
         if template is None:
             raise ValueError(f"{self.model_path}: its contract has no alignment template; pass aligned crops instead")
-        image = _check_image(image, index)
+        image = check_rgb_image(image, index)
         points = check_landmarks(landmarks, image.shape)
         return warp_face(image, points, template, self.contract.input_size, self.contract.template_fit)
 
     def _align(self, images: Images, landmarks: np.ndarray | Sequence) -> np.ndarray:
         """Warp each full image to the contract's template with its 5 landmarks."""
-        items = _as_list(images)
+        items = as_image_list(images)
         points = np.asarray(landmarks, np.float64)
         if points.shape == (5, 2) and len(items) == 1:
             points = points[None]
@@ -167,34 +168,3 @@ def _embedding_io(backend: Backend, contract: FaceContract, path: Path) -> tuple
             return image, output
     raise ModelFileError(f"{path}: its contract names the embedding output {contract.embedding_output!r}; "
                          f"the model's outputs are {[t.name for t in backend.outputs]}")
-
-
-def _as_list(images: Images) -> list[np.ndarray]:
-    """One image, a batch array or a sequence of images as a non-empty list."""
-    if isinstance(images, np.ndarray):
-        if images.ndim not in (3, 4):
-            hint = " (grayscale: convert it to RGB)" if images.ndim == 2 else ""
-            raise ValueError(f"expected an RGB image (H, W, 3) or a batch (N, H, W, 3), got shape {images.shape}{hint}")
-        items = [images] if images.ndim == 3 else list(images)
-    else:
-        items = list(images)
-    if not items:
-        raise ValueError("empty batch: expected at least one image")
-    return items
-
-
-def _check_image(image: np.ndarray, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
-    """One uint8 RGB image (H, W, 3) (of ``size`` if given), or a ValueError that says what is wrong."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        raise ValueError(f"image {index}: expected an RGB image (H, W, 3), got a grayscale {image.shape}; convert it to RGB")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image {index}: expected an RGB image (H, W, 3) with 3 channels, got shape {image.shape}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image {index}: expected uint8 pixels 0..255, got {image.dtype}")
-    if size is not None and image.shape[:2] != tuple(size):
-        raise ValueError(
-            f"image {index}: expected an aligned crop of {size[0]}x{size[1]} (the model input, height x width), "
-            f"got {image.shape[0]}x{image.shape[1]}; pass landmarks= to align full images"
-        )
-    return image

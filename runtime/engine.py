@@ -14,7 +14,7 @@ from typing import Any
 
 from .contract import ModelContract, contract_from_dict
 from .files import atomic_output
-from .metadata import ModelFileError
+from .errors import ModelFileError
 
 log = logging.getLogger(__name__)
 

@@ -40,3 +40,11 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 class LandmarkError(QfsdkError, ValueError):
     """Five landmarks that cannot align a face: not finite, outside the image, or degenerate."""
+
+
+class ModelFileError(QfsdkError, ValueError):
+    """A model file cannot be read or used."""
+
+
+class ContractMissingError(ModelFileError):
+    """The model file carries no qfsdk contract."""

@@ -167,3 +167,34 @@ def read_landmarks(path: str | Path) -> dict[Path, np.ndarray]:
 def _has_non_numbers(points: object) -> bool:
     """Whether a JSON [[x, y], ...] list holds anything but numbers (strings and booleans convert silently)."""
     return any(isinstance(v, (str, bool)) or v is None for pair in points for v in pair)  # type: ignore[union-attr]
+
+
+def as_image_list(images: "np.ndarray | Sequence[np.ndarray]") -> list[np.ndarray]:
+    """One image, a batch array or a sequence of images as a non-empty list."""
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4):
+            hint = " (grayscale: convert it to RGB)" if images.ndim == 2 else ""
+            raise ValueError(f"expected an RGB image (H, W, 3) or a batch (N, H, W, 3), got shape {images.shape}{hint}")
+        items = [images] if images.ndim == 3 else list(images)
+    else:
+        items = list(images)
+    if not items:
+        raise ValueError("empty batch: expected at least one image")
+    return items
+
+
+def check_rgb_image(image: np.ndarray, index: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One uint8 RGB image (H, W, 3) (of ``size`` if given), or a ValueError that says what is wrong."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        raise ValueError(f"image {index}: expected an RGB image (H, W, 3), got a grayscale {image.shape}; convert it to RGB")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image {index}: expected an RGB image (H, W, 3) with 3 channels, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image {index}: expected uint8 pixels 0..255, got {image.dtype}")
+    if size is not None and image.shape[:2] != tuple(size):
+        raise ValueError(
+            f"image {index}: expected an aligned crop of {size[0]}x{size[1]} (the model input, height x width), "
+            f"got {image.shape[0]}x{image.shape[1]}; pass landmarks= to align full images"
+        )
+    return image

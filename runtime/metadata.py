@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .contract import ModelContract, contract_from_json
-from .errors import QfsdkError
+from .errors import ContractMissingError, ModelFileError  # noqa: F401  (re-exported: the model-file errors)
 
 CONTRACT_KEY = "qfsdk.contract"
 VERSION_KEY = "qfsdk.version"
@@ -20,14 +20,6 @@ IMPORTED_PREFIX = "imported:"  # the architecture of a `qfsdk import`-ed model: 
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 _METADATA_PROPS = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {1: key, 2: value}
-
-
-class ModelFileError(QfsdkError, ValueError):
-    """A model file cannot be read or used."""
-
-
-class ContractMissingError(ModelFileError):
-    """The model file carries no qfsdk contract."""
 
 
 def contract_from_metadata(metadata: dict[str, str], source: str | Path) -> ModelContract:

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+from .ahead import map_ahead
 from .align import DETECTOR_TEMPLATES, TEMPLATES, check_landmarks, output_to_image
 from .contract import FaceContract
 from .detect import Faces, FaceDetector, detector_for
 from .errors import ConfigError, LandmarkError
-from .images import UnreadableImage, load_rgb
+from .images import UnreadableImage, as_image_list, check_rgb_image, load_rgb
 from .resize import warp
 
 if TYPE_CHECKING:
@@ -133,11 +134,9 @@ def embed_photos(embedder: "Embedder", images: np.ndarray | Sequence[np.ndarray]
     ``max_faces``: the most faces kept per photo (best score first; with ``largest``, biggest box
     first); ``detector``: default the packaged YuNet on the embedder's backend.
     """
-    from .embedder import _as_list, _check_image
-
     detector_template(embedder.contract)  # a model without a template fails before any work
     detector = detector or detector_for(embedder, embedder.backend_name)
-    items = [_check_image(image, i) for i, image in enumerate(_as_list(images))]
+    items = [check_rgb_image(image, i) for i, image in enumerate(as_image_list(images))]
     contract = embedder.contract
     return _collect(embedder, (_prepare(image, detector, contract, max_faces, largest) for image in items))
 
@@ -164,8 +163,6 @@ def embed_photo_files(embedder: "Embedder", files: Sequence[Path], *, max_faces:
                       workers: int | None = None) -> PhotoFileResult:
     """:func:`embed_photos` over image files: decoding and detection run in ``workers`` threads ahead
     of the embedding; unreadable files and photos without a face are listed, never fatal."""
-    from .batch_embed import _map_ahead
-
     detector_template(embedder.contract)  # a model without a template fails before any work
     detector = detector or detector_for(embedder, embedder.backend_name)
     contract = embedder.contract
@@ -191,5 +188,5 @@ def embed_photo_files(embedder: "Embedder", files: Sequence[Path], *, max_faces:
             out.grayscale.append(path)
 
     workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
-    out.result = _collect(embedder, _map_ahead(prepare, out.files, workers, 2 * workers), note)
+    out.result = _collect(embedder, map_ahead(prepare, out.files, workers, 2 * workers), note)
     return out

@@ -36,6 +36,99 @@ def test_runtime_imports_only_itself():
     assert not offending, "runtime/ must import only itself and no torch:\n" + "\n".join(offending)
 
 
+# The installed packages and their folders (pyproject's package-dir).
+PACKAGE_DIRS = {"qfsdk": REPO / "qfsdk", "qfsdk.calib": REPO / "calib", "qfsdk.converters": REPO / "converters",
+                "qfsdk.runtime": RUNTIME}
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed packages by its dotted name (the C ABI's Python wrapper excluded)."""
+    found = {}
+    for package, folder in PACKAGE_DIRS.items():
+        for path in folder.rglob("*.py"):
+            parts = path.relative_to(folder).with_suffix("").parts
+            if "native" in parts or (package == "qfsdk" and parts[0] in ("calib", "converters", "runtime")):
+                continue
+            found[".".join([package, *(parts[:-1] if parts[-1] == "__init__" else parts)])] = path
+    return found
+
+
+def _type_checking_only(tree: ast.AST) -> set[ast.AST]:
+    """The import nodes inside ``if TYPE_CHECKING:`` blocks (never run)."""
+    return {node for block in ast.walk(tree)
+            if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+            for statement in block.body for node in ast.walk(statement)}
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules that module ``name`` imports anywhere (lazy imports in functions included):
+    ``from P import m`` counts as importing the module P.m where it is one, else P."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    skipped, found = _type_checking_only(tree), set()
+    for node in ast.walk(tree):
+        if node in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([node.module] if node.module else []))
+            found.update(f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, edges = work[-1]
+            step = next((w for w in edges if w not in index or w in stack), None)
+            if step is not None and step not in index:
+                index[step] = low[step] = len(index)
+                stack.append(step)
+                work.append((step, iter(sorted(graph[step]))))
+                continue
+            if step is not None:
+                low[node] = min(low[node], index[step])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_no_import_cycles():
+    """No module imports one that (through others) imports it back, lazy imports in functions included."""
+    modules = _modules()
+    assert len(modules) > 50
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    cycles = _cycles(graph)
+    shown = ["  " + " <-> ".join(cycle) + ": " + "; ".join(f"{a} -> {b}" for a in cycle for b in sorted(graph[a] & set(cycle)))
+             for cycle in cycles]
+    assert not cycles, "import cycles:\n" + "\n".join(shown)
+
+
 def _exif_rotated_jpeg(path: Path) -> Path:
     """A 90x60 JPEG stored sideways with EXIF Orientation 6 (shown as 60 wide, 90 high)."""
     rng = np.random.default_rng(0)

@@ -186,3 +186,13 @@ def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file
     except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong type in the file
         raise ConfigError(f"{config_file or '--bits/--scheme'}: not a valid quantization config ({exc})") from None
     return config.with_overrides(*(LayerOverride(p, 8, 8) for p in keep_8bit))
+
+
+LISTED = 5  # items shown per report line
+
+
+def listed(items: list, reasons: dict | None = None, separator: str = ", ") -> str:
+    """The first few items, separated, each with its reason where ``reasons`` has one."""
+    reasons = reasons or {}
+    shown = [f"{item} ({reasons[item]})" if item in reasons else str(item) for item in items[:LISTED]]
+    return separator.join(shown) + (f"{separator}..." if len(items) > LISTED else "")

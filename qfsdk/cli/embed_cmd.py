@@ -8,7 +8,7 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
-from qfsdk.cli.common import InputPath, check_output
+from qfsdk.cli.common import InputPath, check_output, listed
 from qfsdk.cli.embed_detect import photo_options
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
@@ -18,7 +18,6 @@ from qfsdk.runtime.detect import DEFAULT_MAX_SIZE
 from qfsdk.runtime.files import atomic_output
 from qfsdk.runtime.images import collect_images, read_landmarks, require_crops
 
-LISTED = 5  # file names shown per report line
 RAY_ONLY = ("actors", "shard_size", "gpus_per_actor")
 DETECT_ONLY = ("detect_size", "detect_threshold")
 
@@ -133,10 +132,3 @@ def embed_on_ray(model: Path, paths: tuple[Path, ...], output: Path, **options: 
     if not result.embedded and result.errors == result.images:
         errors = dict(result.read_errors())
         raise QfsdkError(f"none of the {result.images} images could be embedded: {listed(list(errors), errors, '; ')}")
-
-
-def listed(items: list, reasons: dict | None = None, separator: str = ", ") -> str:
-    """The first few items, separated, each with its reason where ``reasons`` has one."""
-    reasons = reasons or {}
-    shown = [f"{item} ({reasons[item]})" if item in reasons else str(item) for item in items[:LISTED]]
-    return separator.join(shown) + (f"{separator}..." if len(items) > LISTED else "")

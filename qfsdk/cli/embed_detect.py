@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from qfsdk.cli.common import listed
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime import Embedder
 from qfsdk.runtime.detect import DEFAULT_MAX_SIZE, DETECTOR_BACKEND, DetectorOptions, FaceDetector
@@ -28,8 +29,6 @@ def embed_detected(model: Path, files: list[Path], output: Path, mode: str, *, b
                    flip: bool, normalize: bool, threads: int | None, max_size: int | None = DEFAULT_MAX_SIZE,
                    score_threshold: float = 0.6) -> None:
     """Detect, align and embed the faces of ``files`` into ``output``; report photos without a face."""
-    from qfsdk.cli.embed_cmd import listed
-
     settings = photo_options(mode, max_size or 0, score_threshold)
     with Embedder(model, backend, batch_size=batch_size, flip=flip, normalize=normalize, threads=threads) as embedder:
         detector = FaceDetector(backend=DETECTOR_BACKEND.get(embedder.backend_name, embedder.backend_name),

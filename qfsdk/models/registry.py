@@ -113,7 +113,7 @@ def create(name: str, weights: str | Path | None = None, *, pretrained: bool = T
         torch.manual_seed(seed)  # the random initialisation is reproducible
     model = spec.build()
     if weights is not None:
-        load_weights(model, weights, spec)
+        load_weights(model, weights, spec, others={n: s.build for n, s in _REGISTRY.items()})
         log.info("%s: loaded weights from %s", name, weights)
         source = str(weights)
     else:

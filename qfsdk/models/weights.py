@@ -11,7 +11,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import torch
 from torch import nn
@@ -43,13 +43,15 @@ def read_state_dict(path: str | Path, spec: "ModelSpec | None" = None) -> dict[s
     return _strip_wrappers(state, path)
 
 
-def load_weights(model: nn.Module, path: str | Path, spec: "ModelSpec | None" = None) -> None:
-    """Load ``path`` into ``model`` with ``strict=True``; a mismatch names every kind of problem."""
+def load_weights(model: nn.Module, path: str | Path, spec: "ModelSpec | None" = None,
+                 others: Mapping[str, Callable[[], nn.Module]] | None = None) -> None:
+    """Load ``path`` into ``model`` with ``strict=True``; a mismatch names every kind of problem, and the
+    architecture of ``others`` (name -> builder, e.g. the zoo's) the file fits, if any."""
     state = read_state_dict(path, spec)
     problems = describe_mismatch(model, state)
     if problems:
         name = spec.name if spec else type(model).__name__
-        guess = _guess_architecture(state, exclude=name)
+        guess = _guess_architecture(state, {k: v for k, v in (others or {}).items() if k != name})
         hint = f"; it looks like a {guess} checkpoint" if guess else ""
         raise CheckpointError(f"{path}: does not fit {name}: {problems}{hint}")
     model.load_state_dict(state, strict=True)
@@ -134,14 +136,11 @@ def _strip_wrappers(state: dict[str, torch.Tensor], path: Path) -> dict[str, tor
     return state
 
 
-def _guess_architecture(state: Mapping[str, torch.Tensor], exclude: str) -> str | None:
-    from qfsdk.models.registry import get_spec, names
-
-    for name in names():
-        if name == exclude:
-            continue
+def _guess_architecture(state: Mapping[str, torch.Tensor], candidates: Mapping[str, Callable[[], nn.Module]]) -> str | None:
+    """The first of ``candidates`` (built on the meta device, no memory) whose keys and shapes ``state`` fits."""
+    for name, build in candidates.items():
         with torch.device("meta"):
-            candidate = get_spec(name).build()
+            candidate = build()
         if not describe_mismatch(candidate, state):
             return name
     return None
