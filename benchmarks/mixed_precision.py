@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import qfsdk  # noqa: E402
 from qfsdk.calib.synth import load_synthetic_dir, synthesize  # noqa: E402
 from qfsdk.eval.fidelity import compare_embeddings  # noqa: E402
-from qfsdk.quant.mixed_precision import Recommendation, recommend_mixed_precision  # noqa: E402
+from qfsdk.eval.mixed_precision import Recommendation, recommend_mixed_precision  # noqa: E402
 from qfsdk.eval.sensitivity import LayerSensitivity, layer_sensitivity  # noqa: E402
 from qfsdk.models import create  # noqa: E402
 

@@ -158,7 +158,7 @@ def test_fidelity_of_an_exported_model_compares_embeddings_only(fidelity_run, ch
 def test_mse_candidates_need_recalibration(dlib):
     """mse ranges depend on the bit width: with the calibration data each candidate is recalibrated, and the verified
     cosine is exactly that of a fresh calibration with the recommended config; without it, raised layers stay clipped."""
-    from qfsdk.quant.mixed_precision import recommend_mixed_precision
+    from qfsdk.eval.mixed_precision import recommend_mixed_precision
     from qfsdk.eval.sensitivity import LayerSensitivity
 
     calibration = torch.from_numpy(dlib.contract.preprocess(np.stack(face_chips()[8:])))

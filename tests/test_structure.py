@@ -129,6 +129,25 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(shown)
 
 
+def _package(name: str, modules: dict[str, Path]) -> str:
+    """A module's part of the SDK: its package under qfsdk (qfsdk.runtime, qfsdk.quant...), or itself for
+    qfsdk's own modules (qfsdk.errors, qfsdk.demo...)."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 or modules[name].name == "__init__.py" else name
+
+
+def test_no_import_cycles_between_packages():
+    """The packages form layers (runtime, then calib/models, quant, eval, converters, cli): none imports
+    one that imports it back, so a model file never pulls in the quantization code, nor quant eval."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph.setdefault(_package(name, modules), set()).update(
+            _package(m, modules) for m in _imports(name, path, modules) if _package(m, modules) != _package(name, modules))
+    graph = {node: edges - {"qfsdk"} for node, edges in graph.items() if node != "qfsdk"}  # the package's front door
+    assert not _cycles(graph), _cycles(graph)
+
+
 def _exif_rotated_jpeg(path: Path) -> Path:
     """A 90x60 JPEG stored sideways with EXIF Orientation 6 (shown as 60 wide, 90 high)."""
     rng = np.random.default_rng(0)

@@ -80,7 +80,7 @@ def fidelity_report(
         return report
     import torch
 
-    from qfsdk.quant.mixed_precision import recommend_mixed_precision
+    from qfsdk.eval.mixed_precision import recommend_mixed_precision
     from .sensitivity import layer_sensitivity
 
     inputs = torch.from_numpy(contract.preprocess(crops))

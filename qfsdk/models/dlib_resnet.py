@@ -494,15 +494,3 @@ def read_dlib_dat(path: str | PathLike[str]) -> OrderedDict[str, torch.Tensor]:
     if r.pos != len(data):
         r.fail(f"{len(data) - r.pos} unexpected bytes after the network")
     return state
-
-
-def _register_quant_layers() -> None:
-    """dlib's affine finishes its convs as a BatchNorm does: the onnxruntime placement quantizes its
-    output (folded into the conv on export). Its padded residual add is a ResidualAdd already."""
-    from qfsdk.quant.modules import OutputQuantMixin
-    from qfsdk.quant.registry import register_quant_module
-
-    register_quant_module(Affine, OutputQuantMixin, ("onnxruntime",), after_conv_only=True)
-
-
-_register_quant_layers()

@@ -1,7 +1,5 @@
 """Quantization: fake-quant modules, PTQ calibration and QAT with distillation."""
 
-import qfsdk.models as _models  # noqa: F401  (first: model families register their quant layers as they load)
-
 from . import bias_correction as _bias_correction  # noqa: F401  (registers the PTQ steps)
 from . import end_layers as _end_layers  # noqa: F401
 from . import equalization as _equalization  # noqa: F401
@@ -10,6 +8,9 @@ from . import reconstruction as _reconstruction  # noqa: F401
 from .api import calibrate, quantize, set_range_tracking
 from .checkpoint import load, save_quantized
 from .config import PRESETS, LayerOverride, QuantConfig, preset
+from .plugins import register_plugins
+
+register_plugins()
 
 __all__ = [
     "PRESETS",

@@ -24,9 +24,9 @@ from torch import nn
 from qfsdk.models.card import card_of
 from qfsdk.quant import LayerOverride, QuantConfig, calibrate
 from qfsdk.quant.api import quant_config_of
+from qfsdk.quant.requantize import requantize
 
-from .requantize import requantize
-from qfsdk.eval.sensitivity import LayerSensitivity
+from .sensitivity import LayerSensitivity
 
 
 @dataclass
