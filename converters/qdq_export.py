@@ -28,6 +28,7 @@ from qfsdk.models.card import card_of
 from qfsdk.quant.api import quant_config_of
 from qfsdk.quant.modules import ActQuantizer, WeightQuantizer, exporting
 from qfsdk.quant.schemes import get_scheme
+from qfsdk.runtime.metadata import QUANT_CONFIG_KEY
 from qfsdk.runtime.placement import made_for
 from qfsdk.runtime.files import atomic_output
 
@@ -162,7 +163,7 @@ def quantization_metadata(model: nn.Module) -> dict[str, str]:
             act = getattr(module, "input_quantizer", None)
             layers[name] = {"weight_bits": quantizer.bits, "act_bits": act.bits if act is not None else None}
     return {
-        "qfsdk.quant_config": config.to_json(),
+        QUANT_CONFIG_KEY: config.to_json(),
         "qfsdk.layer_bits": json.dumps(layers, sort_keys=True),
         "qfsdk.calibration": json.dumps(card_of(model).calibration, sort_keys=True),
     }

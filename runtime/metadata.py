@@ -16,6 +16,7 @@ from .errors import ContractMissingError, ModelFileError  # noqa: F401  (re-expo
 CONTRACT_KEY = "qfsdk.contract"
 VERSION_KEY = "qfsdk.version"
 ARCHITECTURE_KEY = "qfsdk.architecture"
+QUANT_CONFIG_KEY = "qfsdk.quant_config"  # the quantization config of a quantized file (JSON)
 IMPORTED_PREFIX = "imported:"  # the architecture of a `qfsdk import`-ed model: this prefix + its file stem
 ENGINE_SUFFIXES = (".engine", ".plan")
 
@@ -67,6 +68,12 @@ def _length_delimited(buf: mmap.mmap, start: int, stop: int) -> Iterator[tuple[i
             raise ValueError(f"unsupported wire type {wire_type}")
     if pos != stop:
         raise ValueError("truncated message")
+
+
+def metadata_of(proto: object) -> dict[str, str]:
+    """The ``metadata_props`` of a parsed ONNX ``ModelProto`` as a dict (what :func:`read_onnx_metadata`
+    reads from a file without parsing it)."""
+    return {p.key: p.value for p in proto.metadata_props}  # type: ignore[attr-defined]
 
 
 def read_onnx_metadata(path: str | Path) -> dict[str, str]:

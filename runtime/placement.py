@@ -14,9 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metadata import ENGINE_SUFFIXES, ModelFileError, read_onnx_metadata
+from .metadata import ENGINE_SUFFIXES, QUANT_CONFIG_KEY, ModelFileError, read_onnx_metadata
 
-QUANT_CONFIG_KEY = "qfsdk.quant_config"
 NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
 
 

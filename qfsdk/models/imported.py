@@ -17,20 +17,13 @@ from torch import nn
 
 from qfsdk.errors import CheckpointError, QfsdkError
 from qfsdk.runtime.contract import FaceContract
-from qfsdk.runtime.metadata import ARCHITECTURE_KEY, CONTRACT_KEY
+from qfsdk.runtime.metadata import ARCHITECTURE_KEY, CONTRACT_KEY, QUANT_CONFIG_KEY, metadata_of
 
 from .card import ModelCard, attach_card
 from .registry import ModelSpec, register_resolver
 
 if TYPE_CHECKING:
     import onnx
-
-QUANT_CONFIG_KEY = "qfsdk.quant_config"
-
-
-def _metadata(proto: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in proto.metadata_props}
-
 
 def _parse(data: bytes, path: Path) -> onnx.ModelProto:
     import onnx
@@ -47,7 +40,7 @@ def _parse(data: bytes, path: Path) -> onnx.ModelProto:
 def _contract_and_name(proto: onnx.ModelProto, where: str) -> tuple[FaceContract, str]:
     from qfsdk.runtime.contract import contract_from_json
 
-    metadata = _metadata(proto)
+    metadata = metadata_of(proto)
     if QUANT_CONFIG_KEY in metadata:
         raise QfsdkError(f"{where}: a quantized ONNX model; pass the float model (`qfsdk import` output or a --fp32 export)")
     if CONTRACT_KEY not in metadata:
