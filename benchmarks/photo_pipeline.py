@@ -8,14 +8,17 @@ with ``max_faces=1``) and of each stage timed separately on the same photo (``Fa
 with the packaged YuNet (a 640x480 photo is detected at full size), ``align_faces``,
 ``Embedder.embed`` of the crop), and each stage's share of the summed stage p50s.
 
-``detect_sizes`` shows what ``--detect-size`` trades: for each size, the faces found in each registry
-photo at the default score threshold; the MobileFaceNet's minimum and mean cosine, over the photos of
-one person (tests/real_models.py's threshold), to its embeddings with photos detected at full size
-(what OpenCV's FaceDetectorYN does when its input size is set to the photo's); detection p50 on the
-largest of them. ``opencv_scaled``: ``cv2.FaceDetectorYN`` given the same photos scaled to the default
-size by ``cv2.resize`` (INTER_LINEAR, INTER_AREA), its points fitted and warped as tests/real_models.py
-does: cosine to qfsdk at the default size with the same model, i.e. how far YuNet's points move with
-the resampler alone.
+``detect_sizes`` shows what ``--detect-size`` trades, for each size refined (the default: faces found
+on a scaled-down photo detected again at full resolution, qfsdk.runtime.detect) and unrefined: the
+faces found in each registry photo at the default score threshold; per model, the minimum and mean
+cosine, over the photos of one person (tests/real_models.py's threshold), to its embeddings with photos
+detected at full size (what OpenCV's FaceDetectorYN does when its input size is set to the photo's),
+and ``photos_per_s``: photo throughput, ``embed_photo_files`` (decode, detect, align, embed: ``qfsdk
+embed --detect``) over every registry photo file, from its p50; detection p50 on the largest photo of
+one person. ``opencv_scaled``: ``cv2.FaceDetectorYN`` given the same photos scaled to the default size
+by ``cv2.resize`` (INTER_LINEAR, INTER_AREA), its points fitted and warped as tests/real_models.py
+does: cosine to qfsdk unrefined at the default size with the MobileFaceNet, i.e. how far YuNet's
+points move with the resampler alone.
 
 * photo: ``obama2.jpg`` of the registry photos (tests/face_photos.py), centre-cropped to 4:3 and
   resized to 640x480 (one face);
@@ -36,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -84,6 +89,20 @@ def timings(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p90_ms": round(float(np.percentile(ms, 90)), 3)}
 
 
+def interleaved(fns: dict, repeats: int) -> dict:
+    """:func:`timings` of several calls, run in turn each repeat (so drifting load hits them alike), by key."""
+    for fn in fns.values():
+        fn()  # warm-up
+    ms: dict = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            ms[key].append((time.perf_counter() - start) * 1e3)
+    return {key: {"p50_ms": round(float(np.percentile(v, 50)), 3), "p90_ms": round(float(np.percentile(v, 90)), 3)}
+            for key, v in ms.items()}
+
+
 def measure(model: Path, image: np.ndarray, backend: str, threads: int | None, repeats: int) -> dict:
     from qfsdk.runtime import Embedder
     from qfsdk.runtime.detect import FaceDetector
@@ -107,50 +126,65 @@ def measure(model: Path, image: np.ndarray, backend: str, threads: int | None, r
     return {"model": model.name, "backend": backend_name, "photo": total, "stages": stages}
 
 
-def detect_sizes(model: Path, backend: str, threads: int | None, repeats: int) -> dict:
-    """Per ``DetectorOptions.max_size``: faces found in every registry photo at the default threshold;
-    cosine to full-size detection over the single-person photos (tests' threshold); detection p50."""
+def detect_sizes(models: dict[str, Path], backend: str, threads: int | None, repeats: int) -> dict:
+    """Per ``DetectorOptions.max_size``, refined and not: faces found in every registry photo at the default
+    threshold; per model, cosine to full-size detection over the single-person photos (tests' threshold) and
+    photo throughput over every registry photo file; detection p50 on the largest single-person photo."""
     from qfsdk.eval.metrics import cosine_similarities
     from qfsdk.runtime import Embedder
     from qfsdk.runtime.detect import DEFAULT_MAX_SIZE, DetectorOptions, FaceDetector
     from qfsdk.runtime.images import load_rgb
+    from qfsdk.runtime.photos import embed_photo_files
     from real_models import MIN_DETECTION_SCORE, photo_paths, single_person_arcface_crops
 
-    every = {path.name: load_rgb(path)[0] for path in photo_paths()}
+    paths = photo_paths()
+    every = {path.name: load_rgb(path)[0] for path in paths}
     single = [every[name] for name in single_person_arcface_crops()]
     largest = max(single, key=lambda image: image.size)
+    runs: dict[tuple[int | None, bool], dict] = {}
+    for name, model in models.items():
+        with Embedder(model, backend, threads=threads) as embedder:
+            for size in DETECT_SIZES:
+                modes = (True, False) if size else (False,)
+                with ExitStack() as stack:
+                    def detector(threshold: float, refine: bool) -> FaceDetector:
+                        options = DetectorOptions(threshold, max_size=size, refine=refine)
+                        return stack.enter_context(FaceDetector(backend=embedder.backend_name, threads=threads, options=options))
 
-    def run(embedder: Embedder, max_size: int | None) -> dict:
-        def detector(threshold: float) -> FaceDetector:
-            return FaceDetector(backend=embedder.backend_name, threads=threads,
-                                options=DetectorOptions(threshold, max_size=max_size))
+                    default = {refine: detector(DetectorOptions().score_threshold, refine) for refine in modes}
+                    oracle = {refine: detector(MIN_DETECTION_SCORE, refine) for refine in modes}
+                    if (size, False) not in runs:  # the detector's own numbers, once
+                        detect = interleaved({r: partial(oracle[r].detect, largest) for r in modes}, max(3, repeats // 5))
+                        for r in modes:
+                            found = {photo: len(default[r].detect(image)) for photo, image in every.items()}
+                            runs[size, r] = {"faces_found": found, "detect": detect[r], "models": {}}
+                    files = interleaved({r: partial(embed_photo_files, embedder, paths, detector=default[r]) for r in modes},
+                                        max(3, repeats // 5))
+                    for r in modes:
+                        faces = embedder.embed_photos(single, max_faces=1, largest=True, detector=oracle[r])
+                        assert len(faces) == len(single), f"max_size {size}: {len(faces)} faces in {len(single)} photos"
+                        runs[size, r]["models"][name] = {"embeddings": faces.embeddings,
+                                                         "photos_per_s": round(len(paths) / files[r]["p50_ms"] * 1e3, 2)}
+            if name == next(iter(models)):
+                opencv = {interpolation: (name, opencv_scaled(embedder, single, interpolation)) for interpolation in ("LINEAR", "AREA")}
 
-        with detector(DetectorOptions().score_threshold) as default:
-            found = {name: len(default.detect(image)) for name, image in every.items()}
-        with detector(MIN_DETECTION_SCORE) as oracle:
-            faces = embedder.embed_photos(single, max_faces=1, largest=True, detector=oracle)
-            assert len(faces) == len(single), f"max_size {max_size}: {len(faces)} faces in {len(single)} photos"
-            return {"faces_found": found, "embeddings": faces.embeddings,
-                    "detect": timings(lambda: oracle.detect(largest), max(3, repeats // 5))}
-
-    with Embedder(model, backend, threads=threads) as embedder:
-        runs = {size: run(embedder, size) for size in DETECT_SIZES}
-        opencv = {interpolation: opencv_scaled(embedder, single, interpolation) for interpolation in ("LINEAR", "AREA")}
-    def agreement(embeddings: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    def agreement(embeddings: np.ndarray, reference: np.ndarray, suffix: str = "") -> dict[str, float]:
         cosine = cosine_similarities(embeddings, reference)
-        return round(float(cosine.min()), 4), round(float(cosine.mean()), 4)
+        return {f"min_cosine{suffix}": round(float(cosine.min()), 4), f"mean_cosine{suffix}": round(float(cosine.mean()), 4)}
 
-    rows = {}
-    for size, result in runs.items():
-        low, mean = agreement(result["embeddings"], runs[None]["embeddings"])
-        rows[str(size or "full")] = {"faces_found": result["faces_found"], "min_cosine_to_full_size": low,
-                                     "mean_cosine_to_full_size": mean, "detect": result["detect"]}
-    scaled = {}
-    for interpolation, reference in opencv.items():
-        low, mean = agreement(runs[DEFAULT_MAX_SIZE]["embeddings"], reference)
-        scaled[interpolation] = {"min_cosine": low, "mean_cosine": mean}
-    return {"model": model.name, "single_person_photos": len(single),
-            "largest_photo": f"{largest.shape[1]}x{largest.shape[0]}", "sizes": rows, "opencv_scaled": scaled}
+    full = runs[None, False]["models"]
+    rows: dict[str, dict] = {}
+    for (size, refine), run in runs.items():
+        entry = {**run, "models": {name: {**agreement(result["embeddings"], full[name]["embeddings"], "_to_full_size"),
+                                          "photos_per_s": result["photos_per_s"]} for name, result in run["models"].items()}}
+        if size:
+            rows.setdefault(str(size), {})["refined" if refine else "unrefined"] = entry
+        else:
+            rows["full"] = entry
+    scaled = {interpolation: {"model": name, **agreement(runs[DEFAULT_MAX_SIZE, False]["models"][name]["embeddings"], reference)}
+              for interpolation, (name, reference) in opencv.items()}
+    return {"single_person_photos": len(single), "largest_photo": f"{largest.shape[1]}x{largest.shape[0]}",
+            "throughput_photos": len(paths), "sizes": rows, "opencv_scaled": scaled}
 
 
 def opencv_scaled(embedder, photos: list[np.ndarray], interpolation: str) -> np.ndarray:
@@ -193,7 +227,7 @@ def main() -> None:
         }
         image = photo()
         results = {name: measure(path, image, args.backend, args.threads, args.repeats) for name, path in models.items()}
-        drift = detect_sizes(models["mobilefacenet_w8a8"], args.backend, args.threads, args.repeats)
+        drift = detect_sizes(models, args.backend, args.threads, args.repeats)
     print(json.dumps({"photo": f"{PHOTO} as {SIZE[0]}x{SIZE[1]}", "cpu": platform.processor() or platform.machine(),
                       "cpus": os.cpu_count(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                       "repeats": args.repeats, "models": results, "detect_sizes": drift}, indent=2))

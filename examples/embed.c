@@ -18,7 +18,8 @@
  *   --normalize          L2-normalise embeddings
  *   --landmarks "x0 y0 ... x4 y4"   5 landmarks (image pixels) used for every image
  *   --detect FILE        photos in: detect faces with this YuNet ONNX file
- *   --detect-size N      longest side the detector sees (default 640; 0: full size)
+ *   --detect-size N      longest side the detector sees (default 640; 0: full size); faces found
+ *                        on a scaled photo are refined at full resolution
  *   --detect-threshold T least detection score (default 0.6)
  *   --repeat N           embed every image N times (leak and RSS checks); keeps the last
  *   --out FILE.npy       write an (images or faces, embedding_size) float32 .npy instead of printing

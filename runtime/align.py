@@ -120,22 +120,30 @@ def output_to_image(landmarks: Points, template: Points, fit: str) -> tuple[np.n
 
 
 def _halve(image: np.ndarray) -> np.ndarray:
-    """One pyramid level: 2x2 means (step 2)."""
+    """One pyramid level: 2x2 means (step 2); a uint8 level sums in uint16 (the same, exact, float32 values)."""
     h, w = image.shape[0] // 2 * 2, image.shape[1] // 2 * 2
     im = image[:h, :w]
+    if im.dtype == np.uint8:
+        total = np.add(im[0::2, 0::2], im[0::2, 1::2], dtype=np.uint16)
+        total += np.add(im[1::2, 0::2], im[1::2, 1::2], dtype=np.uint16)
+        return total.astype(np.float32) * np.float32(0.25)
     return ((im[0::2, 0::2] + im[0::2, 1::2]) + (im[1::2, 0::2] + im[1::2, 1::2])) * np.float32(0.25)
 
 
 def _sample(image: np.ndarray, M: np.ndarray, t: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear samples at ``M @ (u, v) + t`` with a constant-0 border (step 3)."""
+    """Bilinear float32 samples at ``M @ (u, v) + t`` of a uint8 or float32 image, constant-0 border (step 3)."""
     height, width = size
-    if M[0, 1] == 0 and M[1, 0] == 0:  # a scale-only map (a resize): x depends on u alone, y on v alone
-        x = (M[0, 0] * np.arange(width, dtype=np.float64) + t[0]).astype(np.float32)[None, :]
-        y = (M[1, 1] * np.arange(height, dtype=np.float64) + t[1]).astype(np.float32)[:, None]
-    else:
-        v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-        x = (M[0, 0] * u + M[0, 1] * v + t[0]).astype(np.float32)
-        y = (M[1, 0] * u + M[1, 1] * v + t[1]).astype(np.float32)
+    if M[0, 1] == 0 and M[1, 0] == 0:  # a scale-only map (a resize): gather 2 rows per output row, then 2 columns
+        x = (M[0, 0] * np.arange(width, dtype=np.float64) + t[0]).astype(np.float32)
+        y = (M[1, 1] * np.arange(height, dtype=np.float64) + t[1]).astype(np.float32)
+        x0, y0 = np.floor(x), np.floor(y)
+        fx, fy = (x - x0)[None, :, None], (y - y0)[:, None, None]
+        x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+        rows = [_take(image, y0 + d, 0) for d in (0, 1)]
+        return _bilinear(*(_take(r, x0 + d, 1) for r in rows for d in (0, 1)), fx, fy)
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    x = (M[0, 0] * u + M[0, 1] * v + t[0]).astype(np.float32)
+    y = (M[1, 0] * u + M[1, 1] * v + t[1]).astype(np.float32)
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
@@ -143,17 +151,25 @@ def _sample(image: np.ndarray, M: np.ndarray, t: np.ndarray, size: tuple[int, in
 
     def pixel(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
         inside = ((yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols))[..., None]
-        if yy.shape[1] == 1 and xx.shape[0] == 1:  # separable: gather rows, then columns (same values)
-            picked = image.take(yy[:, 0].clip(0, rows - 1), axis=0).take(xx[0].clip(0, cols - 1), axis=1)
-        else:
-            picked = image[yy.clip(0, rows - 1), xx.clip(0, cols - 1)]
-        return np.where(inside, picked, np.float32(0))
+        return np.where(inside, image[yy.clip(0, rows - 1), xx.clip(0, cols - 1)], np.float32(0))
 
+    return _bilinear(pixel(y0, x0), pixel(y0, x0 + 1), pixel(y0 + 1, x0), pixel(y0 + 1, x0 + 1), fx, fy)
+
+
+def _take(image: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """The rows (axis 0) or columns (axis 1) of ``image`` at ``index``, zeros for those outside it."""
+    picked = image.take(index.clip(0, image.shape[axis] - 1), axis=axis)
+    outside = (index < 0) | (index >= image.shape[axis])
+    if outside.any():
+        picked[(slice(None),) * axis + (outside,)] = 0
+    return picked
+
+
+def _bilinear(p00: np.ndarray, p01: np.ndarray, p10: np.ndarray, p11: np.ndarray, fx: np.ndarray,
+              fy: np.ndarray) -> np.ndarray:
+    """The step-3 sum of the 4 neighbours (p01: at x0 + 1, y0) with float32 weights, in its order."""
     one = np.float32(1)
-    return (
-        (pixel(y0, x0) * ((one - fx) * (one - fy)) + pixel(y0, x0 + 1) * (fx * (one - fy)))
-        + pixel(y0 + 1, x0) * ((one - fx) * fy)
-    ) + pixel(y0 + 1, x0 + 1) * (fx * fy)
+    return ((p00 * ((one - fx) * (one - fy)) + p01 * (fx * (one - fy))) + p10 * ((one - fx) * fy)) + p11 * (fx * fy)
 
 
 def warp_face(
@@ -165,7 +181,7 @@ def warp_face(
     warped as given (constant-0 border): :class:`~qfsdk.runtime.Embedder` refuses those first.
     """
     M, t = output_to_image(check_landmarks(landmarks), template, fit)
-    pixels = image.astype(np.float32)
+    pixels = image if image.dtype == np.uint8 else image.astype(np.float32)
     while np.sqrt(abs(np.linalg.det(M))) >= 2 and min(pixels.shape[:2]) >= 2:
         pixels = _halve(pixels)
         M, t = M / 2, (t - 0.5) / 2

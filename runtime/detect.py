@@ -13,10 +13,22 @@ stride s at row r, column c scores ``sqrt(clip(cls) * clip(obj))``, its box cent
 ``((c, r) + kps) * s``; cells under ``score_threshold`` are dropped, the rest sorted by score
 (stable), cut to ``top_k`` and thinned by greedy NMS on integer-truncated boxes (IoU above
 ``nms_threshold`` suppressed). Coordinates are mapped back to the original image's pixels.
+
+Refinement (``DetectorOptions.refine``, on by default): YuNet's landmarks depend on where a face falls
+on its stride grid, so a photo scaled down for detection moves them by a pixel or two of the scaled
+photo, a cosine of up to 0.14 for some models. Each face found on a scaled-down photo is therefore
+detected again at full resolution on a crop of the photo around it (:func:`refine_window`: a square
+of :data:`REFINE_CROP` times the box's longer side, at least :data:`REFINE_MIN_SIDE`, about its
+centre, its corner on the 32-pixel grid, so the crop's cells are the full-size run's; when the crops
+together cover more pixels than the box around them all, one run on that box serves them all). The
+crop's face of highest IoU with it, if above :data:`REFINE_MIN_IOU`, replaces it (else it stays as
+found), and the faces are re-sorted by score (stable). Which faces are found stays that of the scaled
+photo; where they are is full-size detection's. A photo costs at most a full-size run's pixels more.
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,24 +45,35 @@ DEFAULT_DETECTOR = MODELS_DIR / "face_detection_yunet_2023mar.onnx"
 # The longest photo side the detector sees by default (larger photos are scaled down first): YuNet
 # finds faces most reliably near the scale it was trained at (at larger sizes it missed a 940-px
 # face and added a false one), and time stays flat for big photos. YuNet's landmarks shift by a pixel
-# or two between scales, which moves an embedding: benchmarks/photo_pipeline.py's ``detect_sizes``
-# prints faces found and cosine to full-size detection (OpenCV's own FaceDetectorYN use) per size.
+# or two between scales, which moves an embedding, so the faces found are refined at full resolution
+# (DetectorOptions.refine): benchmarks/photo_pipeline.py's ``detect_sizes`` prints faces found, cosine
+# to full-size detection (OpenCV's own FaceDetectorYN use) and throughput per size, refined or not.
 DEFAULT_MAX_SIZE = 640
 # The order of the 5 landmarks every detector format returns: the eye on the image's left (the
 # person's right eye), the eye on the image's right, nose tip, mouth corner on the image's left,
 # on its right. ArcFace's template uses the same points in the same order.
 LANDMARKS = ("eye_image_left", "eye_image_right", "nose_tip", "mouth_image_left", "mouth_image_right")
+# A refined face's crop: a square about its box centre of this many times the box's longer side, and
+# at least REFINE_MIN_SIDE pixels: YuNet's points see that much context at full resolution (on the
+# registry photos scaled 1-3x, 1.5x the box alone moved them by up to 4% of the face, 0.09 cosine for
+# fr_feature W8A8; with 512 pixels its worst face is 0.9945, and 1.0 to 1.5 times the box did the same).
+REFINE_CROP = 1.25
+REFINE_MIN_SIDE = 512
+# The least IoU of a face on the refinement crop with the face it refines (else the face stays as found).
+REFINE_MIN_IOU = 0.5
 
 
 @dataclass(frozen=True)
 class DetectorOptions:
-    """Detection settings: score and NMS (IoU) thresholds, the most candidates kept before NMS, and the
-    longest image side the network sees (larger photos are scaled down first; None: full size)."""
+    """Detection settings: score and NMS (IoU) thresholds, the most candidates kept before NMS, the
+    longest image side the network sees (larger photos are scaled down first; None: full size), and
+    whether faces found on a scaled-down photo are refined at full resolution (see the module doc)."""
 
     score_threshold: float = 0.6
     nms_threshold: float = 0.3
     top_k: int = 5000
     max_size: int | None = DEFAULT_MAX_SIZE
+    refine: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold <= 1.0:
@@ -161,11 +184,40 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, top_k: int) -> 
     return order[kept]
 
 
+def iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The IoU (float64) of each of ``boxes`` (K, 4) with ``box`` (4,), all x, y, width, height."""
+    boxes, box = boxes.astype(np.float64), box.astype(np.float64)
+    w = np.minimum(boxes[:, 0] + boxes[:, 2], box[0] + box[2]) - np.maximum(boxes[:, 0], box[0])
+    h = np.minimum(boxes[:, 1] + boxes[:, 3], box[1] + box[3]) - np.maximum(boxes[:, 1], box[1])
+    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
+    union = boxes[:, 2] * boxes[:, 3] + box[2] * box[3] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def refine_window(box: np.ndarray, shape: tuple[int, int], grid: int) -> tuple[int, int, int, int] | None:
+    """The crop (x0, y0, x1, y1) that refines a face's ``box`` in an image of ``shape`` (height, width):
+    a square of :data:`REFINE_CROP` times the box's longer side (at least :data:`REFINE_MIN_SIDE`)
+    about its centre (float64), its start floored onto the ``grid`` and its end rounded up to a whole
+    number of cells past it (pixels the network's padding would hold), clipped to the image; None
+    when nothing of it is inside (or the box is not finite)."""
+    x, y, w, h = (float(v) for v in box)
+    half = max(REFINE_CROP * max(w, h), REFINE_MIN_SIDE) / 2
+    if not math.isfinite(x + y + half):
+        return None
+    corner = []
+    for centre, limit in ((x + w / 2, shape[1]), (y + h / 2, shape[0])):
+        start = max(0, math.floor((centre - half) / grid) * grid)
+        end = min(limit, start + math.ceil((centre + half - start) / grid) * grid)
+        corner.append((start, end))
+    (x0, x1), (y0, y1) = corner
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
 class FaceDetector:
     """Find faces in uint8 RGB photos with a YuNet-format ONNX file (default: the packaged YuNet 2023mar).
 
     ``backend`` is a key of the runtime's backend registry (``auto``: as for embedders);
-    ``options`` the thresholds and the largest input side; ``backend_options`` go to the backend.
+    ``options`` the thresholds, the largest input side and refinement; ``backend_options`` go to the backend.
     Never downloads anything. Safe to share between threads.
     """
 
@@ -190,8 +242,26 @@ class FaceDetector:
     def detect(self, image: np.ndarray) -> Faces:
         """The faces in one uint8 RGB image (H, W, 3), best score first, in the image's pixels."""
         image = _check_photo(image)
+        size = self.network_size(*image.shape[:2])
+        faces = self._detect(image, size)
+        if self.options.refine and size != image.shape[:2]:
+            faces = self._refine(image, faces)
+        return faces
+
+    def network_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) an image of that size is scaled to before detection."""
+        return self._fit(height, width, self.options.max_size)
+
+    def _fit(self, height: int, width: int, limit: int | None) -> tuple[int, int]:
+        """(height, width) scaled so the longer side is at most ``limit`` (None: any) and a fixed input holds it."""
+        scale = min(1.0, limit / max(height, width)) if limit else 1.0
+        if self.fixed_size:
+            scale = min(scale, self.fixed_size[0] / height, self.fixed_size[1] / width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def _detect(self, image: np.ndarray, size: tuple[int, int]) -> Faces:
+        """The faces of ``image`` scaled to ``size`` (height, width), in the image's pixels."""
         height, width = image.shape[:2]
-        size = self.network_size(height, width)
         pixels = resize(image, size)
         padded = self.fixed_size or tuple(-(-d // self.format.divisor) * self.format.divisor for d in size)
         blob = np.zeros((1, 3, *padded), np.float32)
@@ -206,13 +276,32 @@ class FaceDetector:
         return Faces(boxes.astype(np.float32), ((landmarks[keep] + half) * scale - half).astype(np.float32),
                      scores[keep].astype(np.float32))
 
-    def network_size(self, height: int, width: int) -> tuple[int, int]:
-        """The (height, width) an image of that size is scaled to before detection."""
-        limit = self.options.max_size
-        scale = min(1.0, limit / max(height, width)) if limit else 1.0
-        if self.fixed_size:
-            scale = min(scale, self.fixed_size[0] / height, self.fixed_size[1] / width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
+    def _refine(self, image: np.ndarray, faces: Faces) -> Faces:
+        """``faces`` of ``image`` each replaced by its match on a full-resolution crop around it, if any."""
+        height, width = image.shape[:2]
+        windows = [refine_window(box, (height, width), self.format.divisor) for box in faces.boxes]
+        inside = [w for w in windows if w is not None]
+        if len(inside) > 1:
+            union = (*np.min(inside, axis=0)[:2].tolist(), *np.max(inside, axis=0)[2:].tolist())
+            if sum(_area(w) for w in inside) > _area(union):  # one run on the box around them all is cheaper
+                windows = [None if w is None else union for w in windows]
+        runs: dict[tuple[int, int, int, int], Faces] = {}
+        boxes, landmarks, scores = faces.boxes.copy(), faces.landmarks.copy(), faces.scores.copy()
+        for i, window in enumerate(windows):
+            if window is None:
+                continue
+            x0, y0, x1, y1 = window
+            if window not in runs:
+                runs[window] = self._detect(image[y0:y1, x0:x1], self._fit(y1 - y0, x1 - x0, None))
+            found = runs[window]
+            offset = np.array([x0, y0], np.float32)
+            moved = found.boxes.copy()
+            moved[:, :2] += offset
+            overlap = iou(moved, faces.boxes[i])
+            if len(found) and overlap.max() > REFINE_MIN_IOU:
+                j = int(np.argmax(overlap))
+                boxes[i], landmarks[i], scores[i] = moved[j], found.landmarks[j] + offset, found.scores[j]
+        return Faces(boxes, landmarks, scores).take(np.argsort(-scores, kind="stable"))
 
     def close(self) -> None:
         """Release the backend."""
@@ -223,6 +312,10 @@ class FaceDetector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _area(window: tuple[int, int, int, int]) -> int:
+    return (window[2] - window[0]) * (window[3] - window[1])
 
 
 def _format_of(outputs: tuple, path: Path) -> DetectorFormat:

@@ -23,7 +23,7 @@ def warp(image: np.ndarray, M: np.ndarray, t: np.ndarray, size: tuple[int, int],
     """uint8 output pixels (u, v) of ``size`` sampled at ``M @ (u, v) + t`` in the uint8 ``image``
     (qfsdk.runtime.align steps 2-4; ``pyramid=False`` skips step 2: one bilinear warp, as
     ``cv2.warpAffine`` with INTER_LINEAR, which insightface's and OpenCV's face crops use)."""
-    pixels = image.astype(np.float32)
+    pixels = image if image.dtype == np.uint8 else image.astype(np.float32)
     while pyramid and np.sqrt(abs(np.linalg.det(M))) >= 2 and min(pixels.shape[:2]) >= 2:
         pixels = _halve(pixels)
         M, t = M / 2, (t - 0.5) / 2

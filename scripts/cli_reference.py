@@ -162,8 +162,10 @@ size) are refused in one line that names `--detect` (find and align the faces) a
   `--detect-size` (0: full size, as OpenCV's `FaceDetectorYN` is usually run); each face is aligned
   to the model's template and embedded. The `.npz` has one row per face: `embeddings`, `paths`,
   `boxes` (x, y, w, h), `landmarks` (5 x 2), `scores`, and `no_face` (photos where none was found:
-  counted and listed, never fatal). The detect size moves YuNet's landmarks and which faces it finds
-  (see [benchmarks.md](benchmarks.md#photo-pipeline)).
+  counted and listed, never fatal). The detect size decides which faces are found; each face found
+  on a scaled photo is then refined at full resolution, so its landmarks are those of full-size
+  detection (cosine >= 0.997 to it at 640 on the registry photos, see
+  [benchmarks.md](benchmarks.md#photo-pipeline)).
 
 A quantized file whose Q/DQ placement is made for another backend (a `tensorrt`-placement file on
 ONNX Runtime) gets one short warning line with the ways out: a backend it is made for, or the

@@ -11,8 +11,10 @@ import pytest
 from PIL import Image
 
 from real_models import MIN_DETECTION_SCORE, NMS_THRESHOLD, TOP_K, detect_faces, fr_feature_onnx, photo_paths, yunet_onnx
-from qfsdk.runtime.detect import DEFAULT_DETECTOR, DetectorOptions, Faces, FaceDetector, nms
+from qfsdk.runtime import detect
+from qfsdk.runtime.detect import DEFAULT_DETECTOR, DetectorOptions, Faces, FaceDetector, nms, refine_window
 from qfsdk.runtime.metadata import ModelFileError
+from qfsdk.runtime.resize import resize
 
 ORACLE = DetectorOptions(MIN_DETECTION_SCORE, NMS_THRESHOLD, TOP_K, max_size=None)  # tests/real_models.py's settings, full size
 BACKENDS = ("onnxruntime", "openvino")
@@ -20,6 +22,11 @@ BACKENDS = ("onnxruntime", "openvino")
 
 def rgb(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+def scaled(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` enlarged ``factor`` times (bicubic)."""
+    return np.asarray(Image.fromarray(image).resize((image.shape[1] * factor, image.shape[0] * factor), Image.Resampling.BICUBIC))
 
 
 def rows(faces: Faces) -> np.ndarray:
@@ -56,12 +63,57 @@ def test_large_photos_are_scaled_to_max_size_and_mapped_back(photos):
     image = dict(photos)["obama3.jpg"]  # 2333 x 1434
     with FaceDetector(backend="onnxruntime", options=ORACLE) as full:
         reference = full.detect(image)
-    with FaceDetector(backend="onnxruntime", options=DetectorOptions(MIN_DETECTION_SCORE, max_size=640)) as small:
+    with FaceDetector(backend="onnxruntime", options=DetectorOptions(MIN_DETECTION_SCORE, max_size=640, refine=False)) as small:
         assert small.network_size(*image.shape[:2]) == (640, round(1434 * 640 / 2333))
         found = small.detect(image)
     assert len(found) == len(reference) == 1
     size = reference.boxes[0, 2]
     assert np.abs(found.landmarks - reference.landmarks).max() < 0.05 * size  # a few px at 1/3.6 the resolution
+
+
+@pytest.mark.parametrize("name, factor", [("astronaut.png", 2), ("t1.jpg", 1)])
+def test_faces_of_a_scaled_down_photo_are_refined_to_full_size_detection(photos, name, factor):
+    """astronaut.png enlarged 2x (1024 px, one face: one crop) and t1.jpg (1280 px, six faces: their crops
+    would cover more than the box around them all, so one run on it serves them) are detected at 640 px,
+    then refined."""
+    image = scaled(dict(photos)[name], factor)
+    with FaceDetector(backend="onnxruntime", options=ORACLE) as full, \
+            FaceDetector(backend="onnxruntime", options=DetectorOptions(MIN_DETECTION_SCORE)) as default, \
+            FaceDetector(backend="onnxruntime", options=DetectorOptions(MIN_DETECTION_SCORE, refine=False)) as coarse:
+        assert default.network_size(*image.shape[:2]) != image.shape[:2]
+        reference, refined, unrefined = rows(full.detect(image)), default.detect(image), rows(coarse.detect(image))
+    assert refined.scores.tolist() == sorted(refined.scores.tolist(), reverse=True)
+    refined = rows(refined)
+    assert reference.shape == refined.shape == unrefined.shape
+    np.testing.assert_allclose(refined[:, :14], reference[:, :14], atol=0.01)  # boxes, landmarks: px
+    np.testing.assert_allclose(refined[:, 14], reference[:, 14], atol=1e-5)
+    assert np.abs(unrefined[:, 4:14] - reference[:, 4:14]).max() > 1.0  # what refinement removes
+
+
+def test_refine_off_and_the_fallback_give_detection_on_the_scaled_photo_mapped_back(photos, monkeypatch):
+    image = scaled(dict(photos)["astronaut.png"], 2)
+    options = DetectorOptions(MIN_DETECTION_SCORE)
+    with FaceDetector(backend="onnxruntime", options=ORACLE) as full, \
+            FaceDetector(backend="onnxruntime", options=DetectorOptions(MIN_DETECTION_SCORE, refine=False)) as coarse, \
+            FaceDetector(backend="onnxruntime", options=options) as default:
+        size = coarse.network_size(*image.shape[:2])
+        small, unrefined = full.detect(resize(image, size)), coarse.detect(image)
+        monkeypatch.setattr(detect, "REFINE_MIN_IOU", 1.0)  # no refined face matches: each stays as found
+        kept = default.detect(image)
+    half, scale = np.float32(0.5), np.array([image.shape[1] / size[1], image.shape[0] / size[0]], np.float32)
+    np.testing.assert_array_equal(unrefined.landmarks, (small.landmarks + half) * scale - half)
+    np.testing.assert_array_equal(unrefined.boxes[:, 2:], small.boxes[:, 2:] * scale)
+    for field in ("boxes", "landmarks", "scores"):
+        np.testing.assert_array_equal(getattr(kept, field), getattr(unrefined, field))
+
+
+def test_refine_window_is_a_grid_aligned_square_of_at_least_512_px_clipped_to_the_image():
+    assert refine_window(np.array([100, 100, 50, 50], np.float32), (1000, 1000), 32) == (0, 0, 384, 384)
+    # 1.25 x 600 = 750 px about (700, 600): starts floored onto the 32-px grid, ends a whole number of cells on
+    assert refine_window(np.array([400, 300, 600, 600], np.float32), (2000, 3000), 32) == (320, 224, 1088, 992)
+    assert refine_window(np.array([2900, 1900, 400, 400], np.float32), (2000, 3000), 32) == (2816, 1824, 3000, 2000)
+    assert refine_window(np.array([5000, 10, 10, 10], np.float32), (100, 100), 32) is None
+    assert refine_window(np.array([np.nan, 10, 10, 10], np.float32), (100, 100), 32) is None
 
 
 def test_a_fixed_size_yunet_file_by_path_runs_letterboxed(photos):

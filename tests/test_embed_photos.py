@@ -17,6 +17,8 @@ from face_photos import PHOTOS, face_photo_dir, photo_chips
 from import_support import CONTRACTS, cosines, ok, run_cli
 from real_models import REAL_MODELS, single_person_arcface_crops
 from qfsdk.runtime import Embedder
+from qfsdk.runtime.detect import DetectorOptions, FaceDetector
+from qfsdk.runtime.images import load_rgb
 from real_models import MIN_DETECTION_SCORE
 
 # cv2.FaceDetectorYN as real_models runs it: on the photo's own pixels (full size). At another size
@@ -25,6 +27,7 @@ ORACLE = ("--detect-size", "0", "--detect-threshold", str(MIN_DETECTION_SCORE))
 
 ARCFACE_MIN_COSINE = 0.99
 DLIB_MIN_COSINE = 0.98
+MAX_DETECT_SIZE_COST = 0.01  # least cosine of the default --detect-size to full-size detection: 0.99
 
 
 @pytest.fixture(scope="module", params=["sface", "fr_feature"])
@@ -75,6 +78,31 @@ def test_dlib_resnet_detect_largest_matches_dlibs_own_pipeline_per_photo(dlib_fp
           ", ".join(f"{n} {c:.4f} (L2 {d:.3f})" for n, c, d in zip(names, cos, distance)))
     assert cos.min() >= DLIB_MIN_COSINE, dict(zip(names, cos.round(4)))
     assert distance.max() < 0.3  # dlib's same-person threshold is 0.6
+
+
+def detect_size_cosines(model: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(refined, unrefined) cosines of the default detect size to full-size detection, per single-person photo."""
+    photos = [load_rgb(face_photo_dir() / name)[0] for name in single_person_arcface_crops()]
+    sizes = {"full": DetectorOptions(MIN_DETECTION_SCORE, max_size=None), "refined": DetectorOptions(MIN_DETECTION_SCORE),
+             "unrefined": DetectorOptions(MIN_DETECTION_SCORE, refine=False)}
+    with Embedder(model, "onnxruntime") as embedder:
+        out = {}
+        for key, options in sizes.items():
+            with FaceDetector(backend="onnxruntime", options=options) as detector:
+                out[key] = embedder.embed_photos(photos, max_faces=1, largest=True, detector=detector).embeddings
+    return cosines(out["refined"], out["full"]), cosines(out["unrefined"], out["full"])
+
+
+def test_the_default_detect_size_costs_at_most_0_01_cosine_to_full_size(imported):
+    refined, unrefined = detect_size_cosines(imported)
+    print(f"\n{imported.stem} default detect size vs full size: min cosine {refined.min():.4f} "
+          f"(unrefined {unrefined.min():.4f})")
+    assert refined.min() >= 1 - MAX_DETECT_SIZE_COST and refined.mean() >= unrefined.mean()
+
+
+def test_dlib_resnet_default_detect_size_costs_at_most_0_01_cosine_to_full_size(dlib_fp32_onnx):
+    refined, unrefined = detect_size_cosines(dlib_fp32_onnx)
+    assert refined.min() >= 1 - MAX_DETECT_SIZE_COST and refined.mean() >= unrefined.mean()
 
 
 def test_t1_gives_six_faces_and_a_photo_without_a_face_zero_rows_and_a_count(imported, tmp_path):

@@ -88,6 +88,20 @@ def test_detect_equals_the_python_detector_at_full_size(lib, photos):
             np.testing.assert_allclose(scores, expected.scores, atol=1e-3, err_msg=name)
 
 
+@pytest.mark.parametrize("refine", [1, 0])
+def test_detect_equals_the_python_detector_at_the_default_size_refined_or_not(lib, photos, refine):
+    options = DetectorOptions(MIN_DETECTION_SCORE, refine=bool(refine))
+    with FaceDetector(backend="openvino", threads=1, options=options) as python, \
+            lib.detector(DEFAULT_DETECTOR, num_threads=1, score_threshold=MIN_DETECTION_SCORE, refine=refine) as native:
+        for name, image in photos:
+            expected = python.detect(image)
+            boxes, landmarks, scores = native.detect(image)
+            assert len(scores) == len(expected), name
+            np.testing.assert_allclose(boxes, expected.boxes, atol=MAX_BOX_PX, err_msg=name)
+            np.testing.assert_allclose(landmarks, expected.landmarks, atol=MAX_BOX_PX, err_msg=name)
+            np.testing.assert_allclose(scores, expected.scores, atol=1e-3, err_msg=name)
+
+
 def call_embed_photo(lib, emb, det, image: np.ndarray, capacity: int, arrays: bool = True) -> tuple[int, int, dict]:
     """(status, *count after the call, the arrays) of one raw qfsdk_embed_photo call."""
     image = np.ascontiguousarray(image)

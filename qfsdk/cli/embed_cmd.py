@@ -35,7 +35,8 @@ DETECT_ONLY = ("detect_size", "detect_threshold")
               help="Images are photos: find the faces (packaged YuNet detector), align each to the model's template "
                    "and embed every face (all, the default) or the largest; one .npz row per face.")
 @click.option("--detect-size", type=click.IntRange(0), default=DEFAULT_MAX_SIZE, show_default=True,
-              help="With --detect: the longest side the detector sees (larger photos are scaled down; 0: full size).")
+              help="With --detect: the longest side faces are found at (larger photos are scaled down, then each face "
+                   "is located again on a full-resolution crop around it; 0: full size).")
 @click.option("--detect-threshold", type=click.FloatRange(0, 1), default=0.6, show_default=True,
               help="With --detect: the least detection score of a face.")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)

@@ -76,6 +76,9 @@ typedef struct qfsdk_detector_options {
     int32_t top_k;          /* most candidates kept before NMS, >= 1 (default 5000) */
     int32_t max_size;       /* longest image side the detector sees (larger photos are scaled
                                down first); 0 = full size; else >= 32 (default 640) */
+    int32_t refine;         /* nonzero: each face found on a scaled-down photo is detected again on
+                               a full-resolution crop around it, as full-size detection places its
+                               landmarks (default 1; runtime/detect.py explains) */
 } qfsdk_detector_options;
 
 /* File name of the YuNet 2023mar detector (OpenCV zoo, MIT) that ships with qfsdk. The C library

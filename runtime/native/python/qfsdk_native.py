@@ -33,7 +33,8 @@ class Options(ctypes.Structure):
 
 class DetectorOptions(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("num_threads", ctypes.c_int32), ("score_threshold", ctypes.c_double),
-                ("nms_threshold", ctypes.c_double), ("top_k", ctypes.c_int32), ("max_size", ctypes.c_int32)]  # fmt: skip
+                ("nms_threshold", ctypes.c_double), ("top_k", ctypes.c_int32), ("max_size", ctypes.c_int32),
+                ("refine", ctypes.c_int32)]  # fmt: skip
 
 
 class NativeError(RuntimeError):
@@ -89,7 +90,7 @@ class Library:
 
 
 class NativeDetector:
-    """One qfsdk_detector handle; options: num_threads, score_threshold, nms_threshold, top_k, max_size."""
+    """One qfsdk_detector handle; options: num_threads, score_threshold, nms_threshold, top_k, max_size, refine."""
 
     def __init__(self, lib: Library, model: str | Path | None, **options):
         self.lib, self.handle = lib, None

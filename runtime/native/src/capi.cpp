@@ -241,6 +241,7 @@ void qfsdk_detector_options_init(qfsdk_detector_options* opts) {
     opts->nms_threshold = 0.3;
     opts->top_k = 5000;
     opts->max_size = 640;  // DEFAULT_MAX_SIZE
+    opts->refine = 1;
 }
 
 qfsdk_status qfsdk_detector_create(const char* model_path, const qfsdk_detector_options* opts, qfsdk_detector** out) {

@@ -104,8 +104,12 @@ Detector::Detector(const std::string& path, const qfsdk_detector_options& option
 Detector::~Detector() = default;
 
 std::array<size_t, 2> Detector::network_size(size_t height, size_t width) const noexcept {
+    return fit(height, width, options_.max_size);
+}
+
+std::array<size_t, 2> Detector::fit(size_t height, size_t width, int32_t limit) const noexcept {
     const double h = static_cast<double>(height), w = static_cast<double>(width);
-    double scale = options_.max_size > 0 ? std::min(1.0, options_.max_size / std::max(h, w)) : 1.0;
+    double scale = limit > 0 ? std::min(1.0, limit / std::max(h, w)) : 1.0;
     if (model_->fixed_h) scale = std::min({scale, model_->fixed_h / h, model_->fixed_w / w});
     auto rounded = [](double v) { return std::max<size_t>(1, static_cast<size_t>(std::nearbyint(v))); };  // half to even
     return {rounded(h * scale), rounded(w * scale)};
@@ -113,6 +117,13 @@ std::array<size_t, 2> Detector::network_size(size_t height, size_t width) const 
 
 std::vector<Face> Detector::detect(const uint8_t* rgb, size_t height, size_t width, size_t stride) const {
     const auto [nh, nw] = network_size(height, width);
+    std::vector<Face> faces = run(rgb, height, width, stride, nh, nw);
+    if (options_.refine && (nh != height || nw != width)) refine(rgb, height, width, stride, faces);
+    return faces;
+}
+
+std::vector<Face> Detector::run(const uint8_t* rgb, size_t height, size_t width, size_t stride, size_t nh,
+                                size_t nw) const {
     std::vector<uint8_t> pixels(nh * nw * 3);
     resize(rgb, height, width, stride, nh, nw, pixels.data());
     const size_t ph = model_->fixed_h ? model_->fixed_h : (nh + kDivisor - 1) / kDivisor * kDivisor;
@@ -145,6 +156,71 @@ std::vector<Face> Detector::detect(const uint8_t* rgb, size_t height, size_t wid
         faces.push_back(f);
     }
     return faces;
+}
+
+void Detector::refine(const uint8_t* rgb, size_t height, size_t width, size_t stride, std::vector<Face>& faces) const {
+    std::vector<std::array<size_t, 4>> windows(faces.size());
+    std::vector<char> inside(faces.size());
+    std::array<size_t, 4> all{width, height, 0, 0};  // the box around every window
+    size_t area = 0, count = 0;
+    for (size_t i = 0; i < faces.size(); ++i) {
+        inside[i] = refine_window(faces[i].box, height, width, kDivisor, windows[i]);
+        if (!inside[i]) continue;
+        const auto& w = windows[i];
+        area += (w[2] - w[0]) * (w[3] - w[1]);
+        all = {std::min(all[0], w[0]), std::min(all[1], w[1]), std::max(all[2], w[2]), std::max(all[3], w[3])};
+        ++count;
+    }
+    if (count > 1 && area > (all[2] - all[0]) * (all[3] - all[1]))  // one run on the box around them all is cheaper
+        for (auto& w : windows) w = all;
+    std::vector<std::pair<std::array<size_t, 4>, std::vector<Face>>> runs;  // detections by window
+    for (size_t i = 0; i < faces.size(); ++i) {
+        if (!inside[i]) continue;
+        const std::array<size_t, 4>& win = windows[i];
+        auto run_of = std::find_if(runs.begin(), runs.end(), [&](const auto& r) { return r.first == win; });
+        if (run_of == runs.end()) {
+            const size_t ch = win[3] - win[1], cw = win[2] - win[0];
+            const auto [nh, nw] = fit(ch, cw, 0);
+            runs.emplace_back(win, run(rgb + win[1] * stride + win[0] * 3, ch, cw, stride, nh, nw));
+            run_of = runs.end() - 1;
+        }
+        const float ox = static_cast<float>(win[0]), oy = static_cast<float>(win[1]);
+        double best = -1.0;
+        const Face* match = nullptr;
+        for (const Face& f : run_of->second) {
+            const double overlap = iou({f.box[0] + ox, f.box[1] + oy, f.box[2], f.box[3]}, faces[i].box);
+            if (overlap > best) best = overlap, match = &f;  // the first of the highest
+        }
+        if (!match || !(best > kRefineMinIou)) continue;
+        Face& face = faces[i];
+        face = *match;
+        face.box[0] += ox;
+        face.box[1] += oy;
+        for (int j = 0; j < 10; ++j) face.landmarks[j] += j % 2 ? oy : ox;
+    }
+    std::stable_sort(faces.begin(), faces.end(), [](const Face& a, const Face& b) { return a.score > b.score; });
+}
+
+bool refine_window(const std::array<float, 4>& box, size_t height, size_t width, size_t grid, std::array<size_t, 4>& window) {
+    const double x = box[0], y = box[1], w = box[2], h = box[3], g = static_cast<double>(grid);
+    const double half = std::max(kRefineCrop * std::max(w, h), kRefineMinSide) / 2;
+    if (!std::isfinite(x + y + half)) return false;
+    const double centre[2] = {x + w / 2, y + h / 2}, limit[2] = {static_cast<double>(width), static_cast<double>(height)};
+    for (int axis = 0; axis < 2; ++axis) {
+        const double start = std::max(0.0, std::floor((centre[axis] - half) / g) * g);
+        const double end = std::min(limit[axis], start + std::ceil((centre[axis] + half - start) / g) * g);
+        if (!(end > start)) return false;
+        window[axis] = static_cast<size_t>(start);
+        window[axis + 2] = static_cast<size_t>(end);
+    }
+    return true;
+}
+
+double iou(const std::array<float, 4>& a, const std::array<float, 4>& b) {
+    const double ax = a[0], ay = a[1], aw = a[2], ah = a[3], bx = b[0], by = b[1], bw = b[2], bh = b[3];
+    const double w = std::min(ax + aw, bx + bw) - std::max(ax, bx), h = std::min(ay + ah, by + bh) - std::max(ay, by);
+    const double inter = w > 0 && h > 0 ? w * h : 0.0, uni = aw * ah + bw * bh - inter;
+    return uni > 0 ? inter / uni : 0.0;
 }
 
 std::vector<size_t> nms(const std::vector<Face>& faces, double threshold, size_t top_k) {
