@@ -77,7 +77,7 @@ class GeneratorSource:
         if not high > low:
             raise QfsdkError(f"value_range must be (low, high) with high > low, got {value_range}")
         self.generator = load_generator(generator)
-        self.z_dim = _resolve_z_dim(self.generator, z_dim)
+        self.z_dim = resolve_z_dim(self.generator, z_dim)
         self.contract = contract
         self.count = count
         self.batch_size = max(1, int(batch_size))
@@ -97,17 +97,21 @@ class GeneratorSource:
 
     def _to_pixels(self, images: object, size: int) -> torch.Tensor:
         """Generator output -> 8-bit RGB pixel values (as float) at the contract's size."""
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[:2] != (size, 3):
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise QfsdkError(
-                f"the generator returned {shape} for {size} noise vectors; expected images ({size}, 3, H, W)"
-            )
-        low, high = self.value_range
-        unit = ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+        unit = unit_images(images, size, self.value_range)
         return (fit_to_size(unit, self.contract.input_size).clamp(0, 1) * 255).round()
 
 
-def _resolve_z_dim(generator: Generator, z_dim: int | None) -> int:
+def unit_images(images: object, size: int, value_range: tuple[float, float]) -> torch.Tensor:
+    """A generator's output for ``size`` noise vectors, checked to be (size, 3, H, W) images, as 0..1 float
+    on the CPU (``value_range`` is the generator's own pixel range)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[:2] != (size, 3):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise QfsdkError(f"the generator returned {shape} for {size} noise vectors; expected images ({size}, 3, H, W)")
+    low, high = value_range
+    return ((images.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+
+
+def resolve_z_dim(generator: Generator, z_dim: int | None) -> int:
     """``z_dim`` if given, else the generator's own ``z_dim`` attribute (StyleGAN's convention)."""
     found = z_dim if z_dim is not None else getattr(generator, "z_dim", None)
     if not isinstance(found, int) or found < 1:

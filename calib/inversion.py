@@ -265,17 +265,18 @@ def invert_batch(
     seed: int,
     settings: InversionSettings = InversionSettings(),
     on_step: Callable[[], None] | None = None,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
     """Synthesise ``size`` images (uint8 RGB, (size, H, W, 3)) with a resolved ``method``.
 
-    Deterministic for a given ``seed`` on a given machine and thread count. ``on_step`` is
-    called after every optimisation step (progress bars).
+    The pixels start as ``init`` (uint8 RGB (size, H, W, 3): a generator's faces) or, by default,
+    mid-grey plus noise. Deterministic for a given ``seed`` on a given machine and thread count.
+    ``on_step`` is called after every optimisation step (progress bars).
     """
     spec = get_method(method)
     rng = torch.Generator().manual_seed(seed)  # on the CPU: the same images whatever the model's device
     device = next(model.parameters()).device
-    height, width = contract.input_size
-    pixels = (0.5 + settings.init_std * torch.randn(size, 3, height, width, generator=rng)).clamp(0, 1).to(device)
+    pixels = _initial_pixels(contract, size, settings, rng, init).to(device)
     pixels.requires_grad_(True)
     targets = F.normalize(torch.randn(size, contract.embedding_size, generator=rng), dim=1).to(device)
     optimizer = torch.optim.Adam([pixels], lr=settings.lr)
@@ -296,6 +297,17 @@ def invert_batch(
                 on_step()
     rendered = (pixels.detach() * 255).round().to(torch.uint8).cpu()
     return np.ascontiguousarray(rendered.permute(0, 2, 3, 1).numpy())
+
+
+def _initial_pixels(contract: FaceContract, size: int, settings: InversionSettings, rng: torch.Generator,
+                    init: np.ndarray | None) -> torch.Tensor:  # fmt: skip
+    """(size, 3, H, W) pixels in 0..1: ``init``'s, else mid-grey plus Gaussian noise drawn from ``rng``."""
+    height, width = contract.input_size
+    if init is None:
+        return (0.5 + settings.init_std * torch.randn(size, 3, height, width, generator=rng)).clamp(0, 1)
+    if init.shape != (size, height, width, 3) or init.dtype != np.uint8:
+        raise ConfigError(f"initial images must be uint8 ({size}, {height}, {width}, 3), got {init.dtype} {init.shape}")
+    return torch.from_numpy(np.ascontiguousarray(init)).permute(0, 3, 1, 2).float() / 255
 
 
 def batch_seeds(seed: int, count: int, batch_size: int) -> list[tuple[int, int]]:

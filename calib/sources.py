@@ -10,11 +10,12 @@ from torch import nn
 from qfsdk.calib.data import BatchSource
 from qfsdk.calib.folder import ImageFolderSource
 from qfsdk.calib.inversion import AUTO
-from qfsdk.calib.synth import DEFAULT_BATCH_SIZE, DEFAULT_COUNT, MANIFEST, load_synthetic_dir, synthetic_source
+from qfsdk.calib.synth import (DEFAULT_BATCH_SIZE, DEFAULT_COUNT, DEFAULT_SOURCE, MANIFEST, load_synthetic_dir,
+                               synthetic_source)
 from qfsdk.models.card import card_of
 from qfsdk.runtime.contract import FaceContract
 
-SYNTHETIC = "synthetic"  # the keyword for images inverted from the model on the fly
+SYNTHETIC = "synthetic"  # the keyword for synthetic images made for the model on the fly
 
 
 class OpenedSource(NamedTuple):
@@ -40,18 +41,21 @@ def open_source(
     batch_size: int = DEFAULT_BATCH_SIZE,
     iterations: int | None = None,
     progress: bool = False,
+    synth_source: str = DEFAULT_SOURCE,
 ) -> OpenedSource:
     """The data ``source`` names, preprocessed for ``contract`` (default: ``model.contract``).
 
-    The string ``"synthetic"``: ``num_images`` images inverted from ``model`` on the fly with
-    ``method``, ``seed`` and ``iterations``. Any other string or path (a ``Path("synthetic")``
-    too) is a folder: a ``qfsdk synth`` dataset when it holds its manifest, else image files.
+    The string ``"synthetic"``: ``num_images`` images made for ``model`` on the fly from
+    ``synth_source`` (see qfsdk.calib.synth.SOURCES) with ``method``, ``seed`` and ``iterations``.
+    Any other string or path (a ``Path("synthetic")`` too) is a folder: a ``qfsdk synth`` dataset
+    when it holds its manifest, else image files.
     """
     contract = contract or card_of(model).contract
     if source == SYNTHETIC:
         data = synthetic_source(model, contract, num_images, method=method, seed=seed, batch_size=batch_size,
-                                iterations=iterations, progress=progress)  # fmt: skip
-        return OpenedSource(data, f"{num_images} synthetic images generated on the fly (seed {seed})")
+                                iterations=iterations, progress=progress, source=synth_source)  # fmt: skip
+        origin = "" if synth_source == DEFAULT_SOURCE else f"{synth_source} source, "
+        return OpenedSource(data, f"{num_images} synthetic images generated on the fly ({origin}seed {seed})")
     folder = Path(source)
     if is_synthetic_dataset(folder):
         return OpenedSource(load_synthetic_dir(folder, contract, batch_size), f"synthetic dataset {folder}")

