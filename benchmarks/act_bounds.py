@@ -3,11 +3,13 @@
     python benchmarks/act_bounds.py                                    # fr_feature and SFace, W8A8 and W6A6
     python benchmarks/act_bounds.py --models dlib_resnet --bits w8a8 --acts symmetric asymmetric
     python benchmarks/act_bounds.py --bits w6a6 --recipe ends_8bit,equalize,ranges,bias_correction  # faster start
+    python benchmarks/act_bounds.py --models fr_feature --bits w8a8 --score-sets B  # the second crop set only
 
 Prints one JSON document. Per model, bits and activation form, the quantized model is made as
 ``benchmarks/ptq_recipes.py`` makes it (the same 64 synthetic images from its cache, percentile
 ranges, ``--recipe`` or ``qfsdk calibrate``'s default recipe at those bits), then scored on the same
-real faces (min / mean cosine vs the float model, PyTorch) in these states:
+real faces, one row per scoring set (``score_set``: each of ``--score-sets``, ``chips`` for
+dlib_resnet; min / mean cosine vs the float model, PyTorch) in these states:
 
 * ``synthetic``: as calibrated, no real face seen (what ``qfsdk calibrate`` gives);
 * ``weights_only`` / ``acts_only``: the activations / the weights left in float (what each half costs);
@@ -39,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import qfsdk  # noqa: E402
-from ptq_recipes import ROOT, float_model, synthetic_images  # noqa: E402
+from ptq_recipes import ROOT, SCORE_SETS, float_model, scoring_faces, synthetic_images  # noqa: E402
 from qfsdk.calib.sources import open_source  # noqa: E402
 from qfsdk.quant.algorithms import act_quantizers, best_recipe, parse_recipe, recipe_text, weight_quantizers  # noqa: E402
 from qfsdk.quant.config import preset  # noqa: E402
@@ -153,6 +155,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["fr_feature", "sface"], choices=("dlib_resnet", "sface", "fr_feature"))
     parser.add_argument("--bits", nargs="+", default=["w8a8", "w6a6"])
     parser.add_argument("--acts", nargs="+", default=["symmetric"], choices=("symmetric", "asymmetric"))
+    parser.add_argument("--score-sets", nargs="+", default=list(SCORE_SETS), choices=SCORE_SETS,
+                        help="real crop sets SFace and fr_feature are scored on (tests/crop_sets.py)")
     parser.add_argument("--recipe", default=None, help="a `qfsdk calibrate --recipe` value (default: calibrate's default at each bits)")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps of oracle_learned")
     parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate on the range gains")
@@ -163,13 +167,15 @@ def main() -> None:
     torch.manual_seed(0)
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "models": {}}
     for name in args.models:
-        model, faces = float_model(name, args.work)
+        model = float_model(name, args.work)
         source = name if name == "dlib_resnet" else str(args.work / f"{name}_float.onnx")
         data, _ = open_source(synthetic_images(source, args.work / f"{name}_synthetic"), model)
-        with torch.no_grad():
-            reference = model(faces)
-        rows = [bounds(model, data, faces, reference, bits, acts, args.recipe, args.steps, args.lr)
-                for acts in args.acts for bits in args.bits]
+        rows = []
+        for score_set, faces in scoring_faces(name, model, args.score_sets).items():
+            with torch.no_grad():
+                reference = model(faces)
+            rows += [{"score_set": score_set, **bounds(model, data, faces, reference, bits, acts, args.recipe, args.steps, args.lr)}
+                     for acts in args.acts for bits in args.bits]
         result["models"][name] = rows
         print(json.dumps({name: rows}), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=2))

@@ -9,12 +9,13 @@ must not reach the project's venv), then run from the repository root:
     # ModelOpt's onnxruntime-gpu and onnxruntime share one folder: keep the CPU build only
     /work/bench-venv/bin/pip uninstall -y onnxruntime-gpu onnxruntime && /work/bench-venv/bin/pip install onnxruntime
     /work/bench-venv/bin/python benchmarks/peers.py [--models sface fr_feature]
-        [--tools onnxruntime modelopt nncf] [--threads 2] [--out DIR]
+        [--tools onnxruntime modelopt nncf] [--score-sets A B] [--threads 2] [--out DIR]
 
 Prints one JSON document. The models are OpenCV's SFace and faceplugin's MobileFaceNet
-(``fr_feature``), the crops YuNet-aligned real faces from registry photos (tests/real_models.py):
-every tool calibrates on the calibration half and all are scored on the other half. Per model and
-(tool, method): the minimum and mean cosine, over the scoring crops, of the quantized model's
+(``fr_feature``), the crops YuNet-aligned real faces from registry photos in two sets cut from
+different photos (tests/crop_sets.py): every tool calibrates on set A's calibration half, and all are
+scored on each of ``--score-sets``: A's other half and all of B. Per model, (tool, method) and
+scoring set: the minimum and mean cosine, over its crops, of the quantized model's
 embedding vs the source float model's, both run on ONNX Runtime CPU one image at a time (the two
 graphs have batch 1), the same quantized file on OpenVINO CPU (``openvino_*``, where it is
 installed), and the seconds the tool's call took (its imports included, in a fresh process). Every tool starts from the same float graph, normalised only as far as all of them need
@@ -39,7 +40,9 @@ installed), and the seconds the tool's call took (its imports included, in a fre
 
 A tool is a function ``(job, method) -> quantized ONNX path`` in ``TOOLS``, run in a process of its
 own (ModelOpt patches ONNX Runtime's quantization modules); a tool that is missing or fails gives its
-rows an ``error``. ``table`` sums up one row per model.
+rows an ``error``. ``table`` sums up one row per model; ``verdict``, per model and scoring set, says
+whether qfsdk's default (``equalize+ranges+bias_correction``) has a higher minimum cosine (ONNX Runtime)
+than every peer row.
 """
 
 from __future__ import annotations
@@ -65,9 +68,11 @@ from onnxruntime import quantization as ort_quant
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # real_models: registry models and crops
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ptq_recipes: the synthetic sets, made once
 
+from crop_sets import SETS, scoring_crops  # noqa: E402
 from real_models import REAL_MODELS, RealModel, crop_halves  # noqa: E402
 
 PEER_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear
+QFSDK_DEFAULT = "equalize+ranges+bias_correction"
 
 
 @dataclass(frozen=True)
@@ -189,7 +194,7 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
 
 Quantizer = Callable[[Job, str], Path]
 TOOLS: dict[str, tuple[Quantizer, tuple[str, ...]]] = {
-    "qfsdk": (quantize_qfsdk, ("ranges", "ranges+bias_correction", "equalize+ranges+bias_correction",
+    "qfsdk": (quantize_qfsdk, ("ranges", "ranges+bias_correction", QFSDK_DEFAULT,
                                "equalize:by=activations+ranges+bias_correction", "equalize+ranges+bias_correction@asymmetric")),
     "onnxruntime": (quantize_onnxruntime, ("minmax", "percentile", "minmax_u8", "percentile_u8")),
     "modelopt": (quantize_modelopt, ("max", "entropy")),
@@ -229,21 +234,28 @@ def fidelity(path: Path, scoring: list[np.ndarray], reference: np.ndarray, threa
     return {"min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6)}
 
 
+def set_scores(path: Path, scoring: dict[str, list[np.ndarray]], references: dict[str, np.ndarray],
+               threads: int) -> dict[str, dict[str, float]]:
+    """{scoring set: :func:`fidelity` and :func:`openvino_fidelity` of ``path`` on its inputs}."""
+    return {name: {**fidelity(path, inputs, references[name], threads), **openvino_fidelity(path, inputs, references[name])}
+            for name, inputs in scoring.items()}  # fmt: skip
+
+
 def qdq_count(path: Path) -> int:
     """QuantizeLinear nodes in an ONNX file."""
     return sum(node.op_type == "QuantizeLinear" for node in onnx.load(path).graph.node)
 
 
-def run_tool(job: Job, tool: str, method: str, scoring: list[np.ndarray], reference: np.ndarray,
+def run_tool(job: Job, tool: str, method: str, scoring: dict[str, list[np.ndarray]], references: dict[str, np.ndarray],
              threads: int) -> dict[str, Any]:
-    """One (tool, method) row: seconds, fidelity on ONNX Runtime and OpenVINO, QuantizeLinear count, or the error it raised."""
+    """One (tool, method) row: seconds, fidelity on ONNX Runtime and OpenVINO per scoring set, QuantizeLinear
+    count, or the error it raised."""
     try:
         path, seconds = run_isolated(job, tool, method)
     except Exception as exc:  # a peer that is missing or fails is a result, not the end of the run
         return {"tool": tool, "method": method, "error": f"{type(exc).__name__}: {str(exc).strip()[-300:]}"}
     return {"tool": tool, "method": method, "seconds": round(seconds, 1),
-            **fidelity(path, scoring, reference, threads), **openvino_fidelity(path, scoring, reference),
-            "quantize_linear_nodes": qdq_count(path)}
+            **set_scores(path, scoring, references, threads), "quantize_linear_nodes": qdq_count(path)}
 
 
 def run_isolated(job: Job, tool: str, method: str) -> tuple[Path, float]:
@@ -261,24 +273,41 @@ def _quantize_timed(job: Job, tool: str, method: str) -> tuple[Path, float]:
     return path, time.perf_counter() - start
 
 
-def bench_model(model: RealModel, calibration: list[np.ndarray], scoring: list[np.ndarray],
+def bench_model(model: RealModel, calibration: list[np.ndarray], scoring: dict[str, list[np.ndarray]],
                 args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """Every requested (tool, method) on ``model``, scored against the source float model."""
+    """Every requested (tool, method) on ``model``, scored on each set against the source float model."""
     source = model.onnx()
     normalised = normalise(source, folder / f"{model.name}_normalised.onnx")
     job = Job(model, source, normalised, onnx.load(normalised).graph.input[0].name,
               [model.inputs(c) for c in calibration], folder)
-    scoring_inputs = [model.inputs(c) for c in scoring]
-    reference = embeddings(source, scoring_inputs, args.threads)
-    rows = [run_tool(job, tool, method, scoring_inputs, reference, args.threads)
+    inputs = {name: [model.inputs(c) for c in crops] for name, crops in scoring.items()}
+    references = {name: embeddings(source, x, args.threads) for name, x in inputs.items()}
+    rows = [run_tool(job, tool, method, inputs, references, args.threads)
             for tool in args.tools for method in TOOLS[tool][1]]  # fmt: skip
-    return {"normalised_vs_source": fidelity(job.normalised, scoring_inputs, reference, args.threads), "rows": rows}
+    return {"normalised_vs_source": set_scores(job.normalised, inputs, references, args.threads), "rows": rows}
 
 
-def table_row(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """One model's summary: ``"tool method": "min / mean cosine (seconds)"``."""
+def table_row(rows: list[dict[str, Any]], sets: list[str]) -> dict[str, str]:
+    """One model's summary: ``"tool method": "A min / mean cosine, B min / mean (seconds)"``."""
     return {f"{r['tool']} {r['method']}": "error" if "error" in r else
-            f"{r['min_cosine']:.3f} / {r['mean_cosine']:.3f} ({r['seconds']} s)" for r in rows}  # fmt: skip
+            ", ".join(f"{s} {r[s]['min_cosine']:.3f} / {r[s]['mean_cosine']:.3f}" for s in sets) + f" ({r['seconds']} s)"
+            for r in rows}  # fmt: skip
+
+
+def verdict(rows: list[dict[str, Any]], sets: list[str]) -> dict[str, dict[str, Any]]:
+    """Per scoring set: qfsdk's default's minimum cosine, the best peer row's, and whether qfsdk's is higher."""
+    scored = [r for r in rows if "error" not in r]
+    default = next((r for r in scored if (r["tool"], r["method"]) == ("qfsdk", QFSDK_DEFAULT)), None)
+    peers = [r for r in scored if r["tool"] != "qfsdk"]
+    if default is None or not peers:
+        return {}
+    result = {}
+    for s in sets:
+        best = max(peers, key=lambda r: r[s]["min_cosine"])
+        qfsdk, peer = default[s]["min_cosine"], best[s]["min_cosine"]
+        result[s] = {"qfsdk": qfsdk, "best_peer": f"{best['tool']} {best['method']}", "best_peer_min_cosine": peer,
+                     "qfsdk_beats_every_peer": qfsdk > peer}
+    return result
 
 
 def versions(tools: list[str]) -> dict[str, str]:
@@ -299,21 +328,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=sorted(REAL_MODELS), default=["sface", "fr_feature"])
     parser.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS))
+    parser.add_argument("--score-sets", nargs="+", choices=SETS, default=list(SETS),
+                        help="Real crop sets to score on: A's scoring half and/or all of B (tests/crop_sets.py).")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads for scoring.")
     parser.add_argument("--out", type=Path, help="Keep the ONNX files here (default: a temporary folder).")
     args = parser.parse_args()
-    calibration, scoring = crop_halves()
+    calibration = crop_halves()[0]
+    scoring = {name: scoring_crops(name) for name in args.score_sets}
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.out or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        models = {name: bench_model(REAL_MODELS[name], [c for _, c in calibration], [c for _, c in scoring],
-                                    args, folder) for name in args.models}  # fmt: skip
+        models = {name: bench_model(REAL_MODELS[name], [c for _, c in calibration],
+                                    {s: [c for _, c in crops] for s, crops in scoring.items()}, args, folder)
+                  for name in args.models}  # fmt: skip
     report = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads},
         "versions": versions(args.tools),
-        "crops": {"calibration": [n for n, _ in calibration], "scoring": [n for n, _ in scoring]},
+        "crops": {"calibration": [n for n, _ in calibration],
+                  "scoring": {s: [n for n, _ in crops] for s, crops in scoring.items()}},
         "models": models,
-        "table": {name: table_row(result["rows"]) for name, result in models.items()},
+        "table": {name: table_row(result["rows"], args.score_sets) for name, result in models.items()},
+        "verdict": {name: verdict(result["rows"], args.score_sets) for name, result in models.items()},
     }
     print(json.dumps(report, indent=2))
 

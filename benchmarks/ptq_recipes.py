@@ -7,6 +7,7 @@
         --acts symmetric asymmetric                                        # the CPU targets' activations
     python benchmarks/ptq_recipes.py --bits w8a8 --recipes equalize,ranges,bias_correction \\
         --calibration synthetic real                                       # real calibration side by side
+    python benchmarks/ptq_recipes.py --models fr_feature --score-sets B   # scored on the second crop set only
 
 Prints one JSON document. Per model, 64 synthetic images are made once from the model itself
 (``qfsdk synth``'s ``auto`` inversion, seed 0) and kept in ``--work``, so reruns reuse them and
@@ -14,16 +15,18 @@ every recipe sees the same images; no real face is used for their calibration or
 (acts, bits, recipe) is run through ``qfsdk.calibrate`` with percentile ranges (``--acts asymmetric``:
 ``asymmetric_acts``, zero-point activations over their min/max, the CPU backends' form) and scored in PyTorch
 (fake quantization: the ONNX export reproduces it, see ``benchmarks/export_real.py``): minimum and
-mean cosine vs the float model over real faces (dlib_resnet: its 12 real chips; SFace and
-fr_feature: the 10 scoring crops of ``tests/real_models.crop_halves``, the half the peers of
-``benchmarks/peers.py`` are scored on; dlib_resnet also its decision flips over the chips' 66 pairs at
-its threshold), and the recipe's wall-clock seconds on ``--threads`` threads (synthesis excluded).
+mean cosine vs the float model over real faces, per scoring set (dlib_resnet: its 12 real chips, key
+``chips``, with its decision flips over their 66 pairs at its threshold; SFace and fr_feature: each of
+``--score-sets`` of ``tests/crop_sets.py``, ``A``: the 10 scoring crops of
+``tests/real_models.crop_halves``, ``B``: the 22 crops cut from other photos, as the peers of
+``benchmarks/peers.py`` are scored), and the recipe's wall-clock seconds on ``--threads`` threads
+(synthesis excluded).
 ``default`` marks the recipe ``qfsdk calibrate`` runs at those bits.
 
 ``--calibration synthetic real`` adds rows calibrated on real faces instead, the same recipe side by
-side: the peers' calibration half of the crops for SFace and fr_feature (scored on the other half, as
-in ``benchmarks/peers.py``), and for dlib_resnet the dlib chips of insightface's photos (``t1.jpg``,
-``Tom_Hanks_54745.png``: other people than the 12 scored chips).
+side: the peers' calibration half of set A's crops for SFace and fr_feature (never scored), and for
+dlib_resnet the dlib chips of insightface's photos (``t1.jpg``, ``Tom_Hanks_54745.png``: other people
+than the 12 scored chips).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # real_models, face_photos: registry models, crops and chips
 
 import qfsdk  # noqa: E402
+from crop_sets import SETS as SCORE_SETS, scoring_crops  # noqa: E402
 from qfsdk.calib.sources import open_source  # noqa: E402
 from qfsdk.calib.synth import synthesize  # noqa: E402
 from fidelity import fidelity as pair_fidelity  # noqa: E402  (benchmarks/fidelity.py)
@@ -62,23 +66,30 @@ RECIPES = ("ranges", "ranges,bias_correction", "equalize,ranges,bias_correction"
            "ends_8bit,ranges,reconstruct:blocks=true")
 
 
-def float_model(name: str, work: Path) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The float model (an imported ONNX for the registry models) and its real scoring faces, preprocessed."""
+def float_model(name: str, work: Path) -> torch.nn.Module:
+    """The float model: an imported ONNX for the registry models, made once in ``work``."""
     if name == "dlib_resnet":
-        from face_photos import face_chips
-
-        model = create(name)
-        return model, torch.from_numpy(model.contract.preprocess(np.stack(face_chips())))
+        return create(name)
     from qfsdk.converters.onnx_import import ImportOptions, import_onnx
-    from real_models import REAL_MODELS, crop_halves
+    from real_models import REAL_MODELS
 
     real = REAL_MODELS[name]
     imported = work / f"{name}_float.onnx"
     if not imported.is_file():
         import_onnx(real.onnx(), imported, ImportOptions(mean=(real.mean,) * 3, std=(real.std,) * 3))
-    model = create(str(imported))
-    _, scoring = crop_halves()
-    return model, torch.from_numpy(model.contract.preprocess(np.stack([crop for _, crop in scoring])))
+    return create(str(imported))
+
+
+def scoring_faces(name: str, model: torch.nn.Module, sets: list[str]) -> dict[str, torch.Tensor]:
+    """{scoring set: its real faces, preprocessed for ``model``}: dlib_resnet's chips (``chips``, whatever
+    ``sets`` says), else each crop set of ``sets`` (tests/crop_sets.py)."""
+    if name == "dlib_resnet":
+        from face_photos import face_chips
+
+        faces = {"chips": face_chips()}
+    else:
+        faces = {s: [crop for _, crop in scoring_crops(s)] for s in sets}
+    return {s: torch.from_numpy(model.contract.preprocess(np.stack(crops))) for s, crops in faces.items()}
 
 
 def real_calibration_faces(name: str) -> np.ndarray:
@@ -104,8 +115,8 @@ def synthetic_images(source: str, folder: Path) -> Path:
     return folder
 
 
-def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch.Tensor, bits: str, recipe: str,
-             acts: str, calibration: str) -> dict:
+def run_cell(model: torch.nn.Module, data, faces: dict[str, torch.Tensor], references: dict[str, torch.Tensor],
+             bits: str, recipe: str, acts: str, calibration: str) -> dict:
     steps = parse_recipe(recipe)
     asymmetric = acts == "asymmetric"
     config = preset(bits, asymmetric_acts=asymmetric)
@@ -113,17 +124,23 @@ def run_cell(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch
     quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
                                 method=config.range_method(default="percentile"), algorithm=steps)
     seconds = time.perf_counter() - start
+    default = list(best_recipe(preset(bits).weight_bits))
+    return {"calibration": calibration, "images": card_of(quantized).calibration["images"], "acts": acts, "recipe": recipe_text(steps),
+            "default": steps == default and not asymmetric and calibration == "synthetic",
+            **{s: scored(quantized, faces[s], references[s]) for s in faces}, "seconds": round(seconds, 1)}
+
+
+def scored(quantized: torch.nn.Module, faces: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Minimum and mean cosine of ``quantized``'s embeddings of ``faces`` vs ``reference`` (and, for a
+    euclidean model such as dlib_resnet, its same/different-person decision flips at its threshold)."""
     with torch.no_grad():
         embeddings = quantized(faces)
     cosines = torch.nn.functional.cosine_similarity(embeddings, reference)
-    default = list(best_recipe(preset(bits).weight_bits))
-    contract = card_of(model).contract
+    contract = card_of(quantized).contract
     flips = {}
-    if contract.distance == "euclidean":  # dlib_resnet: same/different-person decisions at its threshold
+    if contract.distance == "euclidean":
         flips = {"decision_flips": pair_fidelity(embeddings, reference, contract.threshold)["decision_flips"]}
-    return {"calibration": calibration, "images": card_of(quantized).calibration["images"], "acts": acts, "recipe": recipe_text(steps),
-            "default": steps == default and not asymmetric and calibration == "synthetic", "min_cosine": round(float(cosines.min()), 5),
-            "mean_cosine": round(float(cosines.mean()), 5), **flips, "seconds": round(seconds, 1)}
+    return {"min_cosine": round(float(cosines.min()), 5), "mean_cosine": round(float(cosines.mean()), 5), **flips}
 
 
 def main() -> None:
@@ -135,6 +152,8 @@ def main() -> None:
                         help="activation form: symmetric (every target) and/or asymmetric (--asymmetric-acts: CPU backends)")
     parser.add_argument("--calibration", nargs="+", default=["synthetic"], choices=CALIBRATIONS,
                         help="synthetic (64 images made from the model) and/or real (held-out real faces, see above)")
+    parser.add_argument("--score-sets", nargs="+", default=list(SCORE_SETS), choices=SCORE_SETS,
+                        help="real crop sets SFace and fr_feature are scored on (tests/crop_sets.py: A's odd half, all of B)")
     parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "ptq-recipes", help="imports and synthetic images")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -143,7 +162,8 @@ def main() -> None:
     result = {"machine": platform.processor() or platform.machine(), "threads": args.threads,
               "synthetic_images": SYNTHETIC_IMAGES, "models": {}}
     for name in args.models:
-        model, faces = float_model(name, args.work)
+        model = float_model(name, args.work)
+        faces = scoring_faces(name, model, args.score_sets)
         synthetic = args.work / f"{name}_synthetic"
         source = name if name == "dlib_resnet" else str(args.work / f"{name}_float.onnx")
         sources = {}
@@ -153,8 +173,8 @@ def main() -> None:
         if "real" in args.calibration:
             sources["real"] = real_calibration_faces(name)
         with torch.no_grad():
-            reference = model(faces)
-        rows = [dict(bits=bits, **run_cell(model, data, faces, reference, bits, recipe, acts, calibration))
+            references = {s: model(x) for s, x in faces.items()}
+        rows = [dict(bits=bits, **run_cell(model, data, faces, references, bits, recipe, acts, calibration))
                 for calibration, data in sources.items() for acts in args.acts for bits in args.bits for recipe in args.recipes]
         result["models"][name] = rows
         print(json.dumps({name: rows}), file=sys.stderr, flush=True)  # progress: one model at a time
