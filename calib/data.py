@@ -90,25 +90,9 @@ def as_batches(data: object, contract: FaceContract | None, batch_size: int = 32
 
 
 def pixels_to_input(pixels: torch.Tensor, contract: FaceContract) -> torch.Tensor:
-    """RGB pixels (N, 3, H, W) in 0..255 (float, differentiable) -> the model's normalised input."""
-    if contract.channel_order == "BGR":
-        pixels = pixels.flip(1)
-    mean = torch.tensor(contract.mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(contract.std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
-    return (pixels - mean) / std
-
-
-def fit_to_size(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Centre-crop (N, C, h, w) images to the aspect ratio of ``size`` (H, W), then resize to it."""
-    height, width = images.shape[-2:]
-    target_h, target_w = size
-    if (height, width) == (target_h, target_w):
-        return images
-    crop_h = min(height, round(width * target_h / target_w))
-    crop_w = min(width, round(height * target_w / target_h))
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    cropped = images[..., top : top + crop_h, left : left + crop_w]
-    return torch.nn.functional.interpolate(cropped, size=size, mode="bilinear", align_corners=False, antialias=True)
+    """RGB pixels (N, 3, H, W) in 0..255 (float, differentiable) -> the model's normalised input
+    (:meth:`FaceContract.normalise <qfsdk.runtime.contract.FaceContract.normalise>` on torch tensors)."""
+    return contract.normalise(pixels, lambda values: torch.as_tensor(values, dtype=pixels.dtype, device=pixels.device))
 
 
 def batch_seed(seed: int, batch_index: int) -> int:

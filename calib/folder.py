@@ -1,10 +1,11 @@
 """A folder of face images (nested; the suffixes ``qfsdk embed`` reads) as a :class:`~qfsdk.calib.data.BatchSource`.
 
-Images are decoded batch by batch (memory stays bounded) by the runtime's loader
-(:mod:`qfsdk.runtime.images`, as ``qfsdk embed`` decodes crops): EXIF-rotated, converted
-to RGB (grayscale, palette and RGBA are fine; alpha is dropped) and fitted to the contract's size:
-a pure resize when the aspect ratio already matches, else a centre crop to the contract's
-aspect ratio followed by the resize. Files that cannot be read are skipped, never a crash:
+Images are found (hidden files and folders skipped) and decoded batch by batch (memory stays
+bounded) by the runtime (:mod:`qfsdk.runtime.images`, as ``qfsdk embed`` finds and decodes
+crops): EXIF-rotated, converted to RGB (grayscale, palette and RGBA are fine; alpha is
+dropped) and fitted to the contract's size (:func:`~qfsdk.runtime.images.fit`): a pure resize
+when the aspect ratio already matches, else a centre crop to the contract's aspect ratio
+followed by the resize. Files that cannot be read are skipped, never a crash:
 one warning (count and first names) when the source is built, and one more only if a file
 with a valid header turns out to hold corrupt pixels while iterating. A folder without a
 single readable image is an error naming the folder.
@@ -22,21 +23,9 @@ from PIL import Image
 
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime.contract import FaceContract
-from qfsdk.runtime.images import DECODE_ERRORS, IMAGE_SUFFIXES, UnreadableImage, load_image
+from qfsdk.runtime.images import IMAGE_SUFFIXES, READ_ERRORS, find_images, load_image
 
 NAMED_IN_WARNING = 3  # unreadable files listed by name in the warning
-READ_ERRORS = (UnreadableImage, *DECODE_ERRORS)  # opening a file (Pillow) or decoding it (load_image)
-
-
-def find_images(root: Path) -> list[Path]:
-    """Image files under ``root`` (recursively, sorted; hidden files and folders skipped)."""
-    return sorted(
-        path
-        for path in root.rglob("*")
-        if path.suffix.lower() in IMAGE_SUFFIXES
-        and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(root).parts)
-    )
 
 
 def _header_readable(path: Path) -> bool:

@@ -5,8 +5,9 @@ or a TorchScript file; qfsdk never downloads one. The assumed interface is that 
 StyleGAN-family generators: ``generator(z)``, with ``z`` (N, z_dim) drawn from a standard normal,
 returns RGB images (N, 3, h, w) with values in ``value_range`` ((-1, 1) by default). Wrap a
 generator with another signature (StyleGAN2-ADA's ``G(z, c)``) in a small module. Images are
-centre-cropped to the contract's aspect ratio, resized to its input size, rounded to 8-bit
-pixels (exactly what a saved dataset would hold) and normalised as the contract says.
+rounded to 8-bit pixels (exactly what a saved dataset would hold), then fitted to the contract's
+input size and normalised as a folder of those images would be (:func:`qfsdk.runtime.images.fit`,
+:meth:`~qfsdk.runtime.contract.FaceContract.preprocess`: the pixels ``qfsdk embed`` sees).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
-from qfsdk.calib.data import batch_seed, fit_to_size, pixels_to_input
+from qfsdk.calib.data import batch_seed
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime.contract import FaceContract
+from qfsdk.runtime.images import fit
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
 
@@ -93,12 +96,12 @@ class GeneratorSource:
             noise = torch.randn(size, self.z_dim, generator=torch.Generator().manual_seed(batch_seed(self.seed, index)))
             with torch.no_grad():
                 images = self.generator(noise)
-            yield pixels_to_input(self._to_pixels(images, size), self.contract)
+            yield torch.from_numpy(self.contract.preprocess(self._to_pixels(images, size)))
 
-    def _to_pixels(self, images: object, size: int) -> torch.Tensor:
-        """Generator output -> 8-bit RGB pixel values (as float) at the contract's size."""
-        unit = unit_images(images, size, self.value_range)
-        return (fit_to_size(unit, self.contract.input_size).clamp(0, 1) * 255).round()
+    def _to_pixels(self, images: object, size: int) -> np.ndarray:
+        """Generator output -> uint8 RGB crops (N, H, W, 3) at the contract's size."""
+        pixels = (unit_images(images, size, self.value_range) * 255).round().to(torch.uint8)
+        return np.stack([fit(image, self.contract.input_size) for image in pixels.permute(0, 2, 3, 1).numpy()])
 
 
 def unit_images(images: object, size: int, value_range: tuple[float, float]) -> torch.Tensor:

@@ -235,8 +235,8 @@ def _verify(source: onnx.ModelProto, imported: onnx.ModelProto, options: ImportO
 
     _, height, width = [d.dim_value for d in imported.graph.input[0].type.tensor_type.shape.dim[1:]]
     pixels = np.random.default_rng(0).integers(0, 256, size=(VERIFY_BATCH, 3, height, width)).astype(np.float32)
-    mean, std = (np.asarray(v, np.float32).reshape(1, 3, 1, 1) for v in (options.mean, options.std))
-    batch = ((pixels - mean) / std).astype(np.float32)
+    noise = FaceContract(input_size=(height, width), embedding_size=1, mean=options.mean, std=options.std)
+    batch = noise.normalise(pixels)  # random pixels, taken as already in the model's channel order
     layout = options.layout
     source_session, session = _session(source), _session(imported)
     src_input = source_session.get_inputs()[0].name

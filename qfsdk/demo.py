@@ -35,7 +35,7 @@ def test_pattern_crops(count: int, size: tuple[int, int], seed: int = 0) -> np.n
 
 def load_crops(folder: Path, size: tuple[int, int]) -> np.ndarray:
     """Aligned face crops from ``folder`` (recursively), fitted to the model's input size."""
-    from qfsdk.calib.folder import IMAGE_SUFFIXES, find_images, load_image
+    from qfsdk.runtime.images import IMAGE_SUFFIXES, find_images, load_image
     from qfsdk.errors import QfsdkError
 
     files = find_images(folder)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,7 @@ TEMPLATE_FITS = ("landmarks_to_template", "template_to_landmarks")
 DEFAULT_TASK = "embedder"  # the task of a contract JSON that names none (written before tasks)
 
 C = TypeVar("C", bound="ModelContract")
+A = TypeVar("A")  # an array type: numpy, or torch in the calibration code
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,18 @@ class FaceContract(ModelContract):
             raise ValueError(f"expected aligned RGB crops of shape {expected} or (N, *{expected}), got {batch.shape}")
         if batch.dtype != np.uint8:
             raise ValueError(f"expected uint8 pixels, got {batch.dtype}")
+        return np.ascontiguousarray(self.normalise(batch.astype(np.float32).transpose(0, 3, 1, 2)))
+
+    def normalise(self, pixels: A, constant: Callable[[np.ndarray], A] | None = None) -> A:
+        """RGB pixel values 0..255 as floats (N, 3, H, W) -> the model input: ``channel_order``, then
+        ``(pixel - mean) / std``; what :meth:`preprocess` does after the layout change.
+
+        ``pixels`` may be any array with numpy's indexing and arithmetic (a torch tensor stays
+        differentiable); ``constant`` turns the float64 (1, 3, 1, 1) mean and std into that kind of
+        array (None: numpy arrays of the pixels' dtype).
+        """
+        constant = constant or (lambda values: values.astype(pixels.dtype))
         if self.channel_order == "BGR":
-            batch = batch[..., ::-1]
-        mean = np.asarray(self.mean, np.float32)
-        std = np.asarray(self.std, np.float32)
-        normalised = (batch.astype(np.float32) - mean) / std
-        return np.ascontiguousarray(normalised.transpose(0, 3, 1, 2))
+            pixels = pixels[:, [2, 1, 0]]
+        mean, std = (constant(np.asarray(values, np.float64).reshape(1, 3, 1, 1)) for values in (self.mean, self.std))
+        return (pixels - mean) / std

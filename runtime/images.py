@@ -1,7 +1,7 @@
 """Image files: find them, decode them to uint8 RGB (Pillow), fit them to a model, read landmark files.
 
-The one image loader of qfsdk: ``qfsdk embed`` and calibration folders decode and fit alike, so
-a model is calibrated on the pixels it later sees.
+The one image loader of qfsdk: ``qfsdk embed``, calibration folders and generators find, decode
+and fit alike, so a model is calibrated on the pixels it later sees.
 """
 
 from __future__ import annotations
@@ -37,14 +37,27 @@ class UnreadableImage(Exception):
         self.reason = reason
 
 
+READ_ERRORS = (UnreadableImage, *DECODE_ERRORS)  # opening a file (Pillow) or decoding it (load_image)
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Files with image suffixes below ``folder``, recursively and sorted. Hidden files and folders below
+    it (a name starting with ".": ``.ipynb_checkpoints/``, macOS ``._face.jpg``) are skipped."""
+    folder = Path(folder)
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
 def collect_images(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; directories walked recursively in sorted order, keeping image suffixes."""
+    """Files as given (always taken, hidden or not); folders as :func:`find_images` lists them."""
     found: list[Path] = []
     for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
+        found.extend(find_images(path) if path.is_dir() else [path])
     return found
 
 

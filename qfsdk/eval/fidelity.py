@@ -21,7 +21,7 @@ from .metrics import l2_normalize
 
 def load_crops(folder: str | Path, size: tuple[int, int]) -> tuple[list[str], np.ndarray]:
     """(relative names, uint8 RGB crops (N, H, W, 3)) of every image under ``folder``, fitted to ``size``."""
-    from qfsdk.calib.folder import READ_ERRORS, find_images, load_image
+    from qfsdk.runtime.images import READ_ERRORS, find_images, load_image
 
     folder = Path(folder)
     if not folder.is_dir():

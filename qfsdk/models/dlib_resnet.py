@@ -24,12 +24,16 @@ from qfsdk.errors import CheckpointError
 from qfsdk.models.card import CardedModel
 from qfsdk.models.layers import ResidualAdd
 from qfsdk.packaged_weights import dlib_resnet_weights
+from qfsdk.runtime.contract import FaceContract
 
 # dlib's input_rgb_image_sized<150>: each channel is (pixel - mean) / 256.
 DLIB_MEAN_RGB = (122.782, 117.001, 104.298)
 DLIB_STD = 256.0
 INPUT_SIZE = 150
 DESCRIPTOR_SIZE = 128
+# What :func:`preprocess` does; the zoo's contract adds the alignment and the comparison to it.
+INPUT_CONTRACT = FaceContract(input_size=(INPUT_SIZE, INPUT_SIZE), embedding_size=DESCRIPTOR_SIZE, mean=DLIB_MEAN_RGB,
+                              std=(DLIB_STD,) * 3)
 STEM_CHANNELS = 32
 
 # (out_channels, stride) of the 14 residual blocks from input to output: dlib's
@@ -172,18 +176,9 @@ class DlibResNet(CardedModel):
 
 
 def preprocess(chips_uint8_rgb: np.ndarray) -> torch.Tensor:
-    """(N,) 150x150x3 uint8 RGB face chips -> (N, 3, 150, 150) float32, as dlib's input layer."""
-    chips = np.asarray(chips_uint8_rgb)
-    if chips.ndim == 3:
-        chips = chips[None]
-    if chips.dtype != np.uint8 or chips.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-        raise ValueError(
-            f"expected uint8 RGB chips of shape ({INPUT_SIZE}, {INPUT_SIZE}, 3) or "
-            f"(N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {chips.dtype} {chips.shape}"
-        )
-    x = torch.from_numpy(np.ascontiguousarray(chips)).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(DLIB_MEAN_RGB, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((x - mean) / DLIB_STD).contiguous()
+    """(N,) 150x150x3 uint8 RGB face chips -> (N, 3, 150, 150) float32, as dlib's input layer
+    (:data:`INPUT_CONTRACT`'s preprocessing as a tensor)."""
+    return torch.from_numpy(INPUT_CONTRACT.preprocess(chips_uint8_rgb))
 
 
 # ---------------------------------------------------------------------------------------

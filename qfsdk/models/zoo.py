@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 from qfsdk.runtime.align import TEMPLATES
@@ -49,11 +50,8 @@ register(
     ModelSpec(
         name="dlib_resnet",
         build=dlib_resnet.DlibResNet,
-        contract=FaceContract(
-            input_size=(150, 150),
-            embedding_size=128,
-            mean=dlib_resnet.DLIB_MEAN_RGB,
-            std=(dlib_resnet.DLIB_STD,) * 3,
+        contract=replace(
+            dlib_resnet.INPUT_CONTRACT,
             alignment="dlib_chip_150_pad0.25",
             distance="euclidean",
             threshold=0.6,
