@@ -51,7 +51,7 @@ RANDOM_INIT_SEED = 0  # a model without weights is initialised from this seed, s
 CONTRACT_KEYS = ("input_size", "mean", "std", "channel_order")  # what decides if images fit a model
 # Hybrid's refinement of the generator's faces: few steps (>= 10x faster than inversion's 100), a small
 # learning rate (the faces are already near the model's statistics). benchmarks/generator.py picks them.
-HYBRID_SETTINGS = InversionSettings(iterations=8, lr=0.01)
+HYBRID_SETTINGS = InversionSettings(iterations=4, lr=0.01)
 
 
 @dataclass(frozen=True)

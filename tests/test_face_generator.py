@@ -3,6 +3,7 @@
 
 import importlib.metadata
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from safetensors import safe_open
 
 from qfsdk.calib import face_generator
 from qfsdk.calib.face_generator import DISTRIBUTION, AlignedFaces, packaged_weights
+from qfsdk.calib.face_stream import FaceStream
 from qfsdk.calib.synth import HYBRID_SETTINGS, synthetic_source
 from qfsdk.cli import main
 from qfsdk.models import create, get_spec
@@ -145,3 +147,35 @@ def test_a_missing_distribution_names_the_extra_in_one_line(tmp_path, monkeypatc
         assert result.exit_code == 1 and result.output.strip().count("\n") == 0, result.output
         assert "needs the 'gan-face-generate' package" in result.output and "pip install 'qfsdk[generator]'" in result.output
         assert not (tmp_path / "x").exists() and not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_face_stream_makes_each_face_from_its_index_in_any_order(faces):
+    stream = FaceStream(CONTRACT, 70, seed=1, faces=faces)
+    later_first = stream[torch.tensor([69, 3])]
+    fresh = FaceStream(CONTRACT, 70, seed=1, faces=faces)
+    assert torch.equal(fresh[torch.tensor([3, 69])], later_first.flip(0))  # the same faces whatever asked first
+    assert later_first.shape == (2, 3, 112, 112) and later_first.dtype == torch.float32
+    tail = stream[60:]
+    assert len(tail) == 10 and torch.equal(tail[torch.tensor([9])], stream[torch.tensor([69])])
+    assert not torch.equal(FaceStream(CONTRACT, 70, seed=2, faces=faces)[torch.tensor([3])], stream[torch.tensor([3])])
+    with pytest.raises(IndexError):
+        tail[torch.tensor([10])]
+
+
+def test_cli_qat_streams_generator_faces_and_resumes_exactly(tmp_path):
+    def qat(steps: int, output: Path, *extra: str):
+        args = ["qat", "--model", "mobilefacenet", "--data", "synthetic", "--source", "generator", "--num-images", "40",
+                "--validation-images", "8", "--validate-every", "2", "--batch-size", "4", "--freeze-bn",
+                "--steps", str(steps), "--checkpoint-every", "2", "-o", str(output), *extra]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    output = qat(4, tmp_path / "straight.safetensors")
+    assert "on 40 generator faces made on demand (seed 0)" in output
+    assert not list(tmp_path.glob("*.synth"))  # streamed: no dataset folder
+    qat(2, tmp_path / "resumed.safetensors")
+    qat(4, tmp_path / "resumed.safetensors", "--resume")
+    with safe_open(str(tmp_path / "straight.safetensors"), "pt") as a, safe_open(str(tmp_path / "resumed.safetensors"), "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import click
 
+from qfsdk.calib.synth import DEFAULT_SOURCE, sources_help
 from qfsdk.quant.config import KD_LOSS_CHOICES
 
 from .common import build_config, check_output, method_option, model_options, quant_options, range_method
+
+
+STREAMED_SOURCE = "generator"  # cheap to remake, so streamed instead of written to the .synth folder
+START_IMAGES = 256  # the PTQ starting point calibrates on the first of the training images at most
 
 
 def state_path_for(output: Path) -> Path:
@@ -23,7 +28,7 @@ def synthetic_dir_for(output: Path) -> Path:
 
 
 def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | None, num_images: int, seed: int,
-                     iterations: int | None) -> Path:
+                     iterations: int | None, source: str) -> Path:
     """The training image folder; ``synthetic`` is generated once, by rank 0, and resumes if interrupted."""
     from qfsdk.calib.synth import synthesize
     from qfsdk.quant.qat import barrier, distributed_context
@@ -35,9 +40,28 @@ def prepare_data_dir(data: str, output: Path, model_name: str, weights: Path | N
         return folder
     folder = synthetic_dir_for(output)
     if distributed_context()[0] == 0:
-        synthesize(model_name, folder, num_images, seed=seed, weights=weights, iterations=iterations)
+        synthesize(model_name, folder, num_images, seed=seed, weights=weights, iterations=iterations, source=source)
     barrier()
     return folder
+
+
+def training_images(teacher, data: str, source: str, output: Path, model_name: str, weights: Path | None,
+                    num_images: int, seed: int, iterations: int | None, batch_size: int):  # fmt: skip
+    """(training images, their description): the generator's faces streamed, else a folder's images in memory."""
+    import torch
+
+    from qfsdk.calib.sources import open_source
+
+    if data == "synthetic" and source == STREAMED_SOURCE:
+        from qfsdk.calib.face_stream import FaceStream
+
+        if iterations is not None:
+            raise click.UsageError(f"--iterations counts inversion steps; the {source} source runs none: drop it")
+        stream = FaceStream(teacher.contract, num_images, seed=seed)
+        return stream, f"{num_images} generator faces made on demand (seed {seed})"
+    folder = prepare_data_dir(data, output, model_name, weights, num_images, seed, iterations, source)
+    images, description = open_source(folder, teacher, batch_size=batch_size)
+    return torch.cat(list(images)), description
 
 
 def check_resumable(state: Path) -> None:
@@ -57,8 +81,12 @@ def check_resumable(state: Path) -> None:
 @click.option("--data", "data", default="synthetic", show_default=True,
               help="'synthetic' (generated from the model, kept in OUTPUT's .synth folder) or a folder of aligned "
                    "face images / `qfsdk synth` dataset.")
+@click.option("--source", "synth_source", default=DEFAULT_SOURCE, show_default=True,
+              help=f"Where --data synthetic images come from. {sources_help()}. The generator's faces are made on demand "
+                   "while training (nothing written; any --num-images), the others written once to the .synth folder.")
 @click.option("--num-images", type=click.IntRange(1), default=64, show_default=True, help="Synthetic images to generate.")
-@click.option("--iterations", type=click.IntRange(1), help="Synthesis optimisation steps per image batch (default: the method's).")
+@click.option("--iterations", type=click.IntRange(1),
+              help="Inversion steps per synthetic image batch (inversion and hybrid sources; default: the source's).")
 @click.option("--steps", type=click.IntRange(1), required=True, help="Training steps.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Batch size per process.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (default: 0.1 x global batch / 512).")
@@ -80,13 +108,12 @@ def check_resumable(state: Path) -> None:
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT's .qat-state.safetensors.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Quantized checkpoint to write (.safetensors).")
-def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_file, data, num_images, iterations, steps, batch_size, lr, freeze_bn, kd_loss,
+def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_file, data, synth_source, num_images, iterations, steps, batch_size, lr, freeze_bn, kd_loss,
         range_warmup, method, recipe, validation_images, validate_every, checkpoint_every, seed, resume, output) -> None:
     """Distil the float MODEL into its quantized copy on synthetic (or your own) images."""
     import torch
 
     import qfsdk
-    from qfsdk.calib.sources import open_source
     from qfsdk.models import create
     from qfsdk.quant.algorithms import parse_recipe
     from qfsdk.quant.api import check_config
@@ -106,12 +133,12 @@ def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_fi
     teacher = create(model_name, weights=weights, seed=seed)
     check_config(teacher, config)
 
-    folder = prepare_data_dir(data, output, model_name, weights, num_images, seed, iterations)
-    source, description = open_source(folder, teacher, batch_size=batch_size)
-    images = torch.cat([batch for batch in source])
+    images, description = training_images(teacher, data, synth_source, output, model_name, weights, num_images, seed,
+                                          iterations, batch_size)  # fmt: skip
     student = qfsdk.quantize(copy.deepcopy(teacher), config)
     if range_warmup is None:  # on --resume too: steps such as ends_8bit and keep_float shape the model the state fills
-        qfsdk.calibrate(student, images, method=method, algorithm=start, batch_size=batch_size)
+        start_images = images[:min(len(images), START_IMAGES)][torch.arange(min(len(images), START_IMAGES))]
+        qfsdk.calibrate(student, start_images, method=method, algorithm=start, batch_size=batch_size)
     run = train_qat(student, teacher, images, settings, state_path_for(output), resume=resume)
     if run.rank == 0:
         kept = {k: v for k, v in (run.best or {}).items() if k != "state"}

@@ -23,7 +23,7 @@ import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.distributed as dist
@@ -155,14 +155,26 @@ def barrier() -> None:
         dist.barrier()
 
 
+class TrainingImages(Protocol):
+    """Preprocessed training images: a (N, 3, H, W) tensor, or anything indexed like one (a
+    :class:`qfsdk.calib.face_stream.FaceStream` makes its faces on demand): ``len``, a 1-d index tensor
+    gives a float tensor, a slice gives the same kind of object."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: Any) -> Any: ...
+
+
 class QATRun:
     """One distillation run: student, teacher, images, optimiser and its resumable state."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, images: torch.Tensor, settings: QATSettings, state_path: Path,
+    def __init__(self, student: nn.Module, teacher: nn.Module, images: TrainingImages, settings: QATSettings, state_path: Path,
                  device: torch.device | str | None = None):
         quant_config_of(student)
-        if images.ndim != 4 or len(images) == 0:
-            raise ConfigError(f"QAT needs preprocessed images shaped (N, 3, H, W), got {tuple(images.shape)}")
+        first = images[torch.zeros(1, dtype=torch.long)] if len(images) else None
+        if first is None or first.ndim != 4:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else len(images)
+            raise ConfigError(f"QAT needs preprocessed images shaped (N, 3, H, W), got {shape}")
         self.device = torch.device(device) if device is not None else default_device()
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
@@ -172,7 +184,8 @@ class QATRun:
         held_out = settings.validation_images
         if held_out >= len(images):
             raise ConfigError(f"validation_images ({held_out}) must leave training images (of {len(images)})")
-        self.images, self.validation = (images[:-held_out], images[-held_out:]) if held_out else (images, None)
+        self.images = images[:-held_out] if held_out else images
+        self.validation = images[-held_out:][torch.arange(held_out)] if held_out else None
         self.student, self.teacher = student.to(self.device), teacher.eval().to(self.device)
         self.best: dict[str, object] | None = None  # {"score", "step", "state"} of the best validated student
         self._validation_set: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (batch, teacher's embeddings), made once
@@ -348,7 +361,7 @@ class QATRun:
 def train_qat(
     student: nn.Module,
     teacher: nn.Module,
-    images: torch.Tensor,
+    images: TrainingImages,
     settings: QATSettings,
     state_path: str | Path,
     resume: bool = False,
