@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import qfsdk  # noqa: E402
 from ptq_recipes import ROOT, SCORE_SETS, float_model, scoring_faces, synthetic_images  # noqa: E402
 from qfsdk.calib.sources import open_source  # noqa: E402
-from qfsdk.quant.algorithms import act_quantizers, best_recipe, parse_recipe, recipe_text, weight_quantizers  # noqa: E402
+from qfsdk.quant.algorithms import act_quantizers, recipe_text, weight_quantizers  # noqa: E402
 from qfsdk.quant.config import preset  # noqa: E402
 from qfsdk.quant.reconstruction import LearnedRange  # noqa: E402
 
@@ -130,14 +130,13 @@ def learned_on_faces(model: torch.nn.Module, quantizers: list, faces: torch.Tens
 def bounds(model: torch.nn.Module, data, faces: torch.Tensor, reference: torch.Tensor, bits: str, acts: str,
            recipe: str | None, steps: int, learning_rate: float) -> dict:
     config = preset(bits, asymmetric_acts=acts == "asymmetric")
-    recipe_steps = parse_recipe(recipe) if recipe else list(best_recipe(config.weight_bits))
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
-                                method=config.range_method(default="percentile"), algorithm=recipe_steps)
+    ptq = qfsdk.Recipe.create(config, steps=recipe or None)
+    quantized = qfsdk.quantize(copy.deepcopy(model), ptq, data)
     for parameter in quantized.parameters():
         parameter.requires_grad_(False)
     activations = [quantizer for _, quantizer in act_quantizers(quantized)]
     weights = [quantizer for _, quantizer in weight_quantizers(quantized)]
-    row = {"bits": bits, "acts": acts, "recipe": recipe_text(recipe_steps), "synthetic": scored(quantized, faces, reference),
+    row = {"bits": bits, "acts": acts, "recipe": recipe_text(ptq.steps), "synthetic": scored(quantized, faces, reference),
            "weights_only": with_bypassed(activations, quantized, faces, reference),
            "acts_only": with_bypassed(weights, quantized, faces, reference)}
     calibrated = [(q.x_min.clone(), q.x_max.clone()) for q in activations]

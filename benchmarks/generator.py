@@ -8,7 +8,7 @@ Prints one JSON document. Per model and source (``qfsdk synth --source``: the pa
 re-aligned with YuNet, those faces refined by hybrid's inversion steps, or inversion from noise with
 its default 100 steps), ``synthesize`` writes ``--counts`` images (inversion: ``--inversion-images``)
 to ``--work`` (seed 0, each set made afresh and timed: images/s on ``--threads`` threads), then
-``qfsdk.calibrate`` quantizes the float model at W8A8 with ``qfsdk calibrate``'s default recipe and
+``qfsdk.quantize`` quantizes the float model at W8A8 with ``qfsdk calibrate``'s default recipe and
 percentile ranges on them, and the result is scored in PyTorch: min and mean cosine vs the float
 model over the real crops of tests/crop_sets.py (``A``: the scoring half of
 ``real_models.crop_halves``, ``B``: the 22 crops of other photos; dlib_resnet: its 12 real chips,
@@ -43,7 +43,6 @@ from qfsdk.calib.sources import open_source  # noqa: E402
 from qfsdk.calib.synth import SOURCES, synthesize  # noqa: E402
 from qfsdk.models import create  # noqa: E402
 from qfsdk.quant.algorithms import best_recipe, recipe_text  # noqa: E402
-from qfsdk.quant.config import preset  # noqa: E402
 
 MODELS = ("fr_feature", "sface", "dlib_resnet")
 SCORE_SETS = ("A", "B")
@@ -98,10 +97,8 @@ def make_images(model_name: str, folder: Path, source: str, count: int, settings
 def scored(model: torch.nn.Module, folder: Path, faces: dict[str, torch.Tensor],
            references: dict[str, torch.Tensor]) -> dict:  # fmt: skip
     """Min and mean cosine vs float per scoring set after calibrating ``model`` at W8A8 on ``folder``'s images."""
-    config = preset(BITS)
     data, _ = open_source(folder, model)
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
-                                method=config.range_method(default="percentile"), algorithm=list(best_recipe(8)))
+    quantized = qfsdk.quantize(copy.deepcopy(model), BITS, data)  # qfsdk calibrate's defaults
     with torch.no_grad():
         cosines = {s: torch.nn.functional.cosine_similarity(quantized(x), references[s]) for s, x in faces.items()}
     return {s: {"min_cosine": round(float(c.min()), 5), "mean_cosine": round(float(c.mean()), 5)} for s, c in cosines.items()}

@@ -173,7 +173,6 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
     from qfsdk.converters import export_quantized
     from qfsdk.converters.onnx_import import ImportOptions, import_onnx
     from qfsdk.models import create
-    from qfsdk.quant.algorithms import parse_recipe
     from qfsdk.quant.config import preset
 
     from ptq_recipes import synthetic_images
@@ -187,8 +186,7 @@ def quantize_qfsdk(job: Job, recipe: str) -> Path:
     data, _ = open_source(synthetic_images(str(imported), QFSDK_WORK / f"{job.model.name}_synthetic"), model)
     steps, _, acts = recipe.partition("@")
     config = preset("w8a8", asymmetric_acts=acts == "asymmetric")
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
-                                method=config.range_method(default="percentile"), algorithm=parse_recipe(steps.replace("+", ",")))
+    quantized = qfsdk.quantize(copy.deepcopy(model), qfsdk.Recipe.create(config, steps=steps.replace("+", ",")), data)
     return export_quantized(quantized, job.output("qfsdk", recipe))
 
 

@@ -121,8 +121,7 @@ def run_cell(model: torch.nn.Module, data, faces: dict[str, torch.Tensor], refer
     asymmetric = acts == "asymmetric"
     config = preset(bits, asymmetric_acts=asymmetric)
     start = time.perf_counter()
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data,
-                                method=config.range_method(default="percentile"), algorithm=steps)
+    quantized = qfsdk.quantize(copy.deepcopy(model), qfsdk.Recipe.create(config, steps=steps), data)
     seconds = time.perf_counter() - start
     default = list(best_recipe(preset(bits).weight_bits))
     return {"calibration": calibration, "images": card_of(quantized).calibration["images"], "acts": acts, "recipe": recipe_text(steps),

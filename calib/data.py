@@ -8,11 +8,13 @@ adapts the common forms.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from qfsdk.calib.folder import ImageFolderSource
 from qfsdk.errors import QfsdkError
 from qfsdk.runtime.contract import FaceContract
 
@@ -64,9 +66,14 @@ def as_batches(data: object, contract: FaceContract | None, batch_size: int = 32
     """Adapt ``data`` to a :class:`BatchSource`.
 
     Accepts a BatchSource, a float tensor/array (N, 3, H, W) already preprocessed, uint8 crops
-    (N, H, W, 3) that are preprocessed here with ``contract``, or a sized iterable of batches.
+    (N, H, W, 3) that are preprocessed here with ``contract``, a folder of aligned face images
+    (:class:`~qfsdk.calib.folder.ImageFolderSource`), or a sized iterable of batches.
     Without a contract only already-preprocessed data is accepted.
     """
+    if isinstance(data, (str, Path)):
+        if contract is None:
+            raise QfsdkError(f"{data}: a folder of images needs the model's preprocessing contract; pass preprocessed float images")
+        return ImageFolderSource(Path(data), contract, batch_size)
     if contract is None and isinstance(data, (np.ndarray, torch.Tensor)) and data.dtype in (np.uint8, torch.uint8):
         raise QfsdkError("uint8 images need the model's preprocessing contract; pass preprocessed float images")
     if isinstance(data, np.ndarray):

@@ -306,12 +306,13 @@ def recalibrate_synthetic(model: nn.Module, source: Source, options: ConvertOpti
     inputs the source left float get int8 inputs calibrated with them."""
     import qfsdk
     from qfsdk.calib.synth import synthetic_source
+    from qfsdk.quant.recipe import DEFAULT_METHOD
 
     added = quantize_float_inputs(model) if is_symmetric(model) else []
     teacher = float_twin(source.model, source.architecture)
     data = synthetic_source(teacher, source.contract, options.num_images, seed=0, batch_size=min(32, options.num_images),
                             iterations=options.iterations, progress=True)
-    method = card_of(model).quant_config.range_method(default="percentile")
+    method = card_of(model).quant_config.range_method(default=DEFAULT_METHOD)
     qfsdk.calibrate(model, data, method=method)
     line = f"ranges re-fitted on {options.num_images} synthetic images ({method})"
     if added:

@@ -16,6 +16,7 @@ _LAZY = {
     "load": "qfsdk.quant",
     "save_quantized": "qfsdk.quant",
     "QuantConfig": "qfsdk.quant",
+    "Recipe": "qfsdk.quant",
     "LayerOverride": "qfsdk.quant",
 }
 

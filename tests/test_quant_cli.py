@@ -74,7 +74,7 @@ def test_calibrate_with_the_onnxruntime_placement_reloads(tmp_path, face_folder)
     [
         (["--bits", "w9a9"], "unknown preset 'w9a9'"),
         (["--keep-8bit", "conv_1*"], "matches no quantizable layer"),
-        (["--method", "median"], "unknown observer 'median'"),
+        (["--method", "median"], "unknown calibration method 'median'"),
         (["--model", "iresnet5O"], "did you mean iresnet50"),
         (["--recipe", "ranges,reconstruct:iterations"], "must read KEY=VALUE"),
         (["--recipe", "ranges,reconstruct:iteration=5"], "did you mean 'iterations'"),
@@ -313,3 +313,27 @@ def test_qat_starts_from_the_ptq_recipe_it_is_given(tmp_path):
     for bad, words in [(("--recipe", "ranges,sharpen"), "sharpen"), (("--method", "median"), "median")]:
         result = run_cli(*base, *bad, "-o", tmp_path / "bad.safetensors")
         assert result.exit_code == 1 and words in result.output and not (tmp_path / "bad.safetensors").exists()
+
+
+def test_the_python_front_door_quantizes_as_calibrate_does(tmp_path, face_folder):
+    """``qfsdk.quantize(model, "w8a8", folder)`` takes calibrate's defaults: the same recipe, the same weights and ranges."""
+    from qfsdk.models import create
+    from qfsdk.models.card import card_of
+    from qfsdk.quant.algorithms import recipe_text
+    from qfsdk.quant.recipe import Recipe
+
+    out = tmp_path / "cli.safetensors"
+    result = run_cli("calibrate", "--model", "mobilefacenet", "--data", face_folder, "-o", out)
+    assert result.exit_code == 0, result.output
+    recipe = Recipe.create("w8a8")
+    assert f"({recipe})" in result.output
+    python = qfsdk.quantize(create("mobilefacenet", seed=0), "w8a8", face_folder)
+    cli = qfsdk.load(out)
+    recorded = [card_of(model).calibration for model in (cli, python)]
+    assert recorded[0] == recorded[1]
+    assert recorded[0]["method"] == recipe.method and recipe_text(recorded[0]["algorithm"]) == recipe_text(recipe.steps)
+    assert quant_config_of(cli) == quant_config_of(python) == recipe.config
+    cli_state, python_state = cli.state_dict(), python.state_dict()
+    assert cli_state.keys() == python_state.keys()
+    for name, tensor in cli_state.items():
+        assert torch.equal(tensor, python_state[name]), name

@@ -10,7 +10,7 @@ import click
 from qfsdk.calib.synth import DEFAULT_SOURCE, sources_help
 from qfsdk.quant.algorithms import ALGORITHMS, BEST_RECIPES, LOW_BIT_RECIPE
 
-from .common import InputPath, build_config, check_output, method_option, model_options, quant_options, range_method
+from .common import InputPath, build_config, check_output, method_option, model_options, quant_options
 
 
 @click.command()
@@ -43,33 +43,28 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
 
     import qfsdk
     from qfsdk.calib.sources import open_source
-    from qfsdk.quant.observers import make_observer
     from qfsdk.models import create
     from qfsdk.models.card import card_of
-    from qfsdk.quant.algorithms import best_recipe, parse_recipe, recipe_text
+    from qfsdk.quant.api import check_config
     from qfsdk.quant.end_layers import raised_text
     from qfsdk.quant.float_fallback import float_layers, float_share
-    from qfsdk.quant.api import check_config
+    from qfsdk.quant.recipe import Recipe
 
     source = _data_source(data_dir, synthetic, synth_source)
     check_output(output, weights, config_file)
-    config = build_config(bits, scheme, keep_8bit, config_file, observer=method, asymmetric_acts=asymmetric_acts)
-    method = range_method(method, config)
-    make_observer(method, 8)  # validates the method and the recipe before any work
-    steps = parse_recipe(recipe) if recipe is not None else list(best_recipe(config.weight_bits))
+    config = build_config(bits, scheme, keep_8bit, config_file, asymmetric_acts=asymmetric_acts)
+    ptq = Recipe.create(config, method, recipe)  # validates the method and the steps before any work
     model = create(model_name, weights=weights, seed=seed)
-    check_config(model, config)
+    check_config(model, ptq.config)
     data, description = open_source(source, model, num_images=num_images, seed=seed, batch_size=batch_size,
                                     iterations=iterations, progress=True, synth_source=synth_source or DEFAULT_SOURCE)
-    quantized = qfsdk.calibrate(qfsdk.quantize(copy.deepcopy(model), config), data, method=method, algorithm=steps, progress=True)
+    quantized = qfsdk.quantize(copy.deepcopy(model), ptq, data, progress=True)
 
     with torch.no_grad():
         batch = next(iter(data))
         cosine = torch.nn.functional.cosine_similarity(quantized(batch), model(batch)).min().item()
     qfsdk.save_quantized(quantized, output, extra={"data": description})
-    asymmetric = ", asymmetric activations" if config.asymmetric_acts else ""
-    click.echo(f"calibrated {model_name}, {card_of(model).weights} ({config.weight_bits}/{config.act_bits}-bit, {config.scheme}{asymmetric}, {method}, "
-               f"recipe {recipe_text(steps)}) on {description}")
+    click.echo(f"calibrated {model_name}, {card_of(model).weights} ({ptq}) on {description}")
     click.echo(f"quantized vs float on a calibration batch: min cosine {cosine:.5f}")
     kept = float_layers(quantized)
     if kept:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -17,9 +16,6 @@ from typing import Any, Callable
 import click
 
 from qfsdk.errors import ConfigError, QfsdkError
-
-DEFAULT_METHOD = "percentile"  # --method of calibrate and qat's PTQ start, for symmetric activations
-
 
 class InputPath(click.Path):
     """``click.Path(exists=True, ...)`` whose refusals are user errors, one line and exit 1, naming the path
@@ -76,22 +72,6 @@ def check_output(output: Path, *inputs: Path | str | None, folder: bool = False)
         raise QfsdkError(f"{output}: cannot write in {parent} ({exc.strerror or exc}): choose another -o") from None
 
 
-def parse_method(method: str) -> tuple[str, float | None]:
-    """``--method NAME[:P]`` as (observer name, percentile or None); P must be finite and 0 < P < 100."""
-    name, colon, arg = method.partition(":")
-    if not colon:
-        return name, None
-    if name != "percentile":
-        raise ConfigError(f"--method {method}: only percentile takes a value (percentile:P)")
-    try:
-        value = float(arg)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and 0 < value < 100):
-        raise ConfigError(f"--method {method}: P must be a number with 0 < P < 100 (e.g. percentile:99.99)")
-    return name, value
-
-
 def read_config_file(path: Path) -> dict[str, Any]:
     """The JSON object of a ``--config`` file; one line naming the file for anything else."""
     try:
@@ -146,6 +126,7 @@ def quant_options(fn: Callable) -> Callable:
 def method_option(fn: Callable) -> Callable:
     """``--method``: the activation range observer of a PTQ run (calibrate, and qat's starting point)."""
     from qfsdk.quant.config import OBSERVERS, QuantConfig
+    from qfsdk.quant.recipe import DEFAULT_METHOD
 
     return click.option("--method", default=None,
                         help=f"Range observer: {', '.join(OBSERVERS)}; percentile:P picks the percentile "
@@ -153,32 +134,13 @@ def method_option(fn: Callable) -> Callable:
                              "asymmetric activations.")(fn)
 
 
-def range_method(method: str | None, config) -> str:
-    """The range method a PTQ run uses: ``--method`` (default percentile); min/max for asymmetric activations
-    (another ``--method`` is refused there)."""
-    return config.range_method(method, default=DEFAULT_METHOD)
-
-
-def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, observer: str | None = None,
-                 asymmetric_acts: bool = False):
-    """The validated QuantConfig the options describe; ``observer`` (``--method``) sets the observer and the
-    percentile actually used, so the checkpoint records them; asymmetric activations keep min/max ranges
-    (:func:`range_method` refuses another ``--method``)."""
+def build_config(bits: str, scheme: str, keep_8bit: tuple[str, ...], config_file: Path | None, asymmetric_acts: bool = False):
+    """The validated QuantConfig the options describe (``--config`` FILE, else ``--bits`` and ``--scheme``)."""
     from qfsdk.quant import LayerOverride, QuantConfig
-    from qfsdk.quant.config import ASYMMETRIC_SCHEMES
 
     fields: dict[str, Any] = read_config_file(config_file) if config_file is not None else {"preset": bits, "scheme": scheme}
     if asymmetric_acts:
         fields["asymmetric_acts"] = True
-    asymmetric = fields.get("asymmetric_acts") is True or fields.get("scheme") in ASYMMETRIC_SCHEMES
-    if observer is None and not asymmetric:
-        observer = DEFAULT_METHOD
-    if observer and not asymmetric:
-        name, percentile = parse_method(observer)
-        if config_file is None:
-            fields["observer"] = name
-        if percentile is not None:
-            fields["percentile"] = percentile
     try:
         config = QuantConfig.from_dict(fields)
     except ConfigError as exc:

@@ -9,8 +9,9 @@ import click
 
 from qfsdk.calib.synth import DEFAULT_SOURCE, sources_help
 from qfsdk.quant.config import KD_LOSS_CHOICES
+from qfsdk.quant.recipe import QAT_START_STEPS
 
-from .common import build_config, check_output, method_option, model_options, quant_options, range_method
+from .common import build_config, check_output, method_option, model_options, quant_options
 
 
 STREAMED_SOURCE = "generator"  # cheap to remake, so streamed instead of written to the .synth folder
@@ -97,7 +98,7 @@ def check_resumable(state: Path) -> None:
 @click.option("--range-warmup", type=click.IntRange(0),
               help="Steps of running min/max range updates (QuantFace: 299) instead of PTQ-calibrated ranges.")
 @method_option
-@click.option("--recipe", default="ranges", show_default=True,
+@click.option("--recipe", default=",".join(QAT_START_STEPS), show_default=True,
               help="PTQ steps that make the starting point, as `qfsdk calibrate --recipe` (e.g. ranges,bias_correction).")
 @click.option("--validation-images", type=click.IntRange(0), default=0, show_default=True,
               help="Hold out the last N images; score the student on them every --validate-every steps and keep the best "
@@ -115,19 +116,17 @@ def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_fi
 
     import qfsdk
     from qfsdk.models import create
-    from qfsdk.quant.algorithms import parse_recipe
     from qfsdk.quant.api import check_config
-    from qfsdk.quant.observers import make_observer
     from qfsdk.quant.qat import QATSettings, init_distributed, train_qat
+    from qfsdk.quant.recipe import Recipe
 
     check_output(output, weights, config_file, data)
     if resume:
         check_resumable(state_path_for(output))
     init_distributed()
-    config = build_config(bits, scheme, keep_8bit, config_file, observer=method, asymmetric_acts=asymmetric_acts)
-    method = range_method(method, config)
-    make_observer(method, 8)  # validates the method and the recipe before any work
-    start = parse_recipe(recipe)
+    start = Recipe.create(build_config(bits, scheme, keep_8bit, config_file, asymmetric_acts=asymmetric_acts), method,
+                          recipe)  # validates the method and the steps before any work
+    config = start.config
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,
                            validation_images=validation_images, validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed)
     teacher = create(model_name, weights=weights, seed=seed)
@@ -135,10 +134,11 @@ def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_fi
 
     images, description = training_images(teacher, data, synth_source, output, model_name, weights, num_images, seed,
                                           iterations, batch_size)  # fmt: skip
-    student = qfsdk.quantize(copy.deepcopy(teacher), config)
     if range_warmup is None:  # on --resume too: steps such as ends_8bit and keep_float shape the model the state fills
         start_images = images[:min(len(images), START_IMAGES)][torch.arange(min(len(images), START_IMAGES))]
-        qfsdk.calibrate(student, start_images, method=method, algorithm=start, batch_size=batch_size)
+        student = qfsdk.quantize(copy.deepcopy(teacher), start, start_images, batch_size=batch_size)
+    else:
+        student = qfsdk.quantize(copy.deepcopy(teacher), config)
     run = train_qat(student, teacher, images, settings, state_path_for(output), resume=resume)
     if run.rank == 0:
         kept = {k: v for k, v in (run.best or {}).items() if k != "state"}

@@ -8,6 +8,7 @@ from . import reconstruction as _reconstruction  # noqa: F401
 from .api import calibrate, quantize, set_range_tracking
 from .checkpoint import load, save_quantized
 from .config import PRESETS, LayerOverride, QuantConfig, preset
+from .recipe import Recipe
 from .plugins import register_plugins
 
 register_plugins()
@@ -16,6 +17,7 @@ __all__ = [
     "PRESETS",
     "LayerOverride",
     "QuantConfig",
+    "Recipe",
     "calibrate",
     "load",
     "preset",

@@ -1,4 +1,5 @@
-"""``quantize(model, config)`` and ``calibrate(model, data, method, algorithm=...)``."""
+"""``quantize(model, recipe, data)``, the front door, and its parts: ``quantize(model, config)`` prepares,
+``calibrate(model, data, method, algorithm=...)`` runs PTQ steps."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .algorithms import CalibrationRun, act_quantizers, resolve_recipe
 from .config import QuantConfig, resolve_config
 from .graph import modularize_residual_adds, traced_graph
 from .modules import QuantModule, convert
+from .recipe import Recipe, as_recipe
 from .registry import QuantRule, rule_for
 from .schemes import get_scheme
 
@@ -38,17 +40,26 @@ def quantizable_layers(model: nn.Module, scheme: str) -> list[tuple[str, nn.Modu
     return [(name, module) for name, module, _ in _layer_rules(model, scheme)]
 
 
-def quantize(model: nn.Module, config: QuantConfig | str | Mapping[str, Any] = "w8a8") -> nn.Module:
-    """Prepare ``model`` for quantization and return it; use the return value.
+def quantize(model: nn.Module, recipe: Recipe | QuantConfig | str | Mapping[str, Any] = "w8a8", data: object = None, *,
+             batch_size: int = 32, progress: bool = False) -> nn.Module:
+    """Quantize ``model`` and return it; use the return value (``model`` itself is converted in place).
 
-    Layers are converted in place through the quant-module registry (``isinstance`` matching, so
-    subclasses count): Conv2d/Linear/residual adds, plus per scheme the BatchNorms or dlib affines
-    that finish a conv (``onnxruntime``) or PReLU/ReLU (``quantface``). Functional residual adds (a
-    plain ``x + y``) become ``ResidualAdd`` modules first, which returns a ``torch.fx.GraphModule``
-    instead of ``model``. The config is validated (presets, bits, layer patterns) before anything
-    changes and is kept in the model card.
+    With ``data`` (any calibration source, :func:`qfsdk.calib.data.as_batches`), the whole PTQ run
+    ``qfsdk calibrate`` does: ``recipe`` is a :class:`~qfsdk.quant.recipe.Recipe`, or a config, preset
+    name or config dict taking the recipe defaults (percentile ranges, the best PTQ steps for its
+    weight bits). Without ``data``, only the preparation (for QAT, or for :func:`calibrate` with steps
+    of your own): layers are converted through the quant-module registry (``isinstance``
+    matching, so subclasses count): Conv2d/Linear/residual adds, plus per scheme the BatchNorms or
+    dlib affines that finish a conv (``onnxruntime``) or PReLU/ReLU (``quantface``). Functional
+    residual adds (a plain ``x + y``) become ``ResidualAdd`` modules first, which returns a
+    ``torch.fx.GraphModule`` instead of ``model``. The config is validated (presets, bits, layer
+    patterns) before anything changes and is kept in the model card.
     """
-    config = resolve_config(config)
+    if data is not None:
+        recipe = as_recipe(recipe)
+        prepared = quantize(model, recipe.config)
+        return calibrate(prepared, data, recipe.method, algorithm=list(recipe.steps), batch_size=batch_size, progress=progress)
+    config = recipe.config if isinstance(recipe, Recipe) else resolve_config(recipe)
     if any(isinstance(m, QuantModule) for m in model.modules()):
         raise ConfigError("model is already quantized; quantize the float model")
     card = card_of(model, required=False) or ModelCard(type(model).__name__, None)
@@ -112,7 +123,8 @@ def calibrate(
     ``minmax``, ``percentile[:P]`` or ``mse`` for activation ranges (default: the config's observer);
     asymmetric activations (a zero point each) always take their observed [min, max].
     ``algorithm``: one registered PTQ step or a list of them (:mod:`qfsdk.quant.algorithms`),
-    each a name or ``{"name": ..., **options}``; default ``ranges``.
+    each a name or ``{"name": ..., **options}``; default ``ranges``. This is the low-level step:
+    ``quantize(model, recipe, data)`` runs a whole recipe with the CLI's defaults.
     """
     config = quant_config_of(model)
     steps = resolve_recipe(algorithm)
