@@ -134,11 +134,11 @@ def _is_qfsdk_checkpoint(text: str, options: ConvertOptions) -> bool:
 
 
 def _read_qfsdk_checkpoint(text: str, options: ConvertOptions) -> Source:
-    import qfsdk
     from qfsdk.file_kinds import require_quantized_checkpoint
+    from qfsdk.loading import load_model
 
     require_quantized_checkpoint(text)
-    model = qfsdk.load(text)
+    model = load_model(text)
     card = card_of(model)
     return Source(model, card.architecture, card.contract, QFSDK_CHECKPOINT, True, text)
 
@@ -149,21 +149,30 @@ def _is_float(text: str, options: ConvertOptions) -> bool:
 
 def _read_float(text: str, options: ConvertOptions) -> Source:
     from qfsdk.file_kinds import WEIGHTS_KINDS, require
-    from qfsdk.models import create, get_spec, names
+    from qfsdk.loading import load_model, split_weights
+    from qfsdk.models import get_spec, names
 
+    name, weights = split_weights(text, None)
+    if weights is not None:  # NAME=PATH, as --model NAME with the checkpoint
+        if options.model_name not in (None, name):
+            raise QfsdkError(f"{text}: names architecture {name} but --model says {options.model_name}: keep one")
+        model = load_model(name, weights)
+        return Source(model, name, model.contract, "float checkpoint", False, str(weights))
     if not Path(text).exists() and text in names():
-        model = create(text)
+        model = load_model(text)
         return Source(model, text, model.contract, "zoo model", False, f"zoo model {text}")
     if not Path(text).is_file():
         raise QfsdkError(f"{text}: neither a file nor a zoo model name (see `qfsdk models`)")
     if _kind(text) == "onnx":
         spec = get_spec(text)  # an imported face model
-        return Source(create(text), spec.name, spec.contract, "imported model", False, text)
+        return Source(load_model(text), spec.name, spec.contract, "imported model", False, text)
     if options.model_name is None:
         require(text, ["onnx", *WEIGHTS_KINDS], "a float model",
-                "--fp32/--fp16 take a zoo name, an ONNX model written by `qfsdk import` or a float checkpoint with --model NAME")
-        raise QfsdkError(f"{text}: a float checkpoint needs --model NAME to say its architecture (see `qfsdk models`)")
-    model = create(options.model_name, weights=text)
+                "--fp32/--fp16 take a zoo name, NAME=PATH, an ONNX model written by `qfsdk import` or a float "
+                "checkpoint with --model NAME")
+        raise QfsdkError(f"{text}: a float checkpoint needs --model NAME (or NAME={text}) to say its architecture "
+                         "(see `qfsdk models`)")
+    model = load_model(options.model_name, text)
     return Source(model, options.model_name, model.contract, "float checkpoint", False, text)
 
 

@@ -337,3 +337,37 @@ def test_the_python_front_door_quantizes_as_calibrate_does(tmp_path, face_folder
     assert cli_state.keys() == python_state.keys()
     for name, tensor in cli_state.items():
         assert torch.equal(tensor, python_state[name]), name
+
+
+def test_every_command_reads_a_model_the_same_way(tmp_path, face_folder):
+    """``NAME=PATH`` is ``--model NAME --weights PATH`` in calibrate, convert and ``load_model``; a quantized
+    checkpoint is refused in one line where a float model is needed, and loads where any model is."""
+    from safetensors.torch import save_file
+
+    from qfsdk.loading import load_model
+    from qfsdk.models import create
+    from qfsdk.models.card import card_of
+
+    weights = tmp_path / "mfn.safetensors"
+    save_file(create("mobilefacenet", seed=3).state_dict(), weights)
+    pair, split = tmp_path / "pair.safetensors", tmp_path / "split.safetensors"
+    base = ["calibrate", "--data", face_folder, "--recipe", "ranges"]
+    assert run_cli(*base, "--model", f"mobilefacenet={weights}", "-o", pair).exit_code == 0
+    assert run_cli(*base, "--model", "mobilefacenet", "--weights", weights, "-o", split).exit_code == 0
+    for name, tensor in load_model(pair).state_dict().items():
+        assert torch.equal(tensor, load_model(split).state_dict()[name]), name
+    assert card_of(load_model(f"mobilefacenet={weights}")).weights == str(weights)
+
+    quantized = run_cli(*base, "--model", pair, "-o", tmp_path / "again.safetensors")
+    assert quantized.exit_code == 1 and "is a quantized qfsdk checkpoint" in quantized.output
+    assert len(quantized.output.strip().splitlines()) == 1
+    for model, words in [(f"mobilefacenet={tmp_path / 'missing.pth'}", "no such checkpoint file"),
+                         (f"mobilefacenet={weights}", "given twice")]:
+        extra = ["--weights", weights] if words == "given twice" else []
+        result = run_cli(*base, "--model", model, *extra, "-o", tmp_path / "bad.safetensors")
+        assert result.exit_code == 1 and words in result.output, result.output
+        assert not (tmp_path / "bad.safetensors").exists()
+
+    onnx = tmp_path / "mfn.onnx"
+    result = run_cli("convert", f"mobilefacenet={weights}", "--fp32", "-o", onnx)
+    assert result.exit_code == 0 and onnx.is_file(), result.output

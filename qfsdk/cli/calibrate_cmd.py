@@ -43,7 +43,7 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
 
     import qfsdk
     from qfsdk.calib.sources import open_source
-    from qfsdk.models import create
+    from qfsdk.loading import load_model
     from qfsdk.models.card import card_of
     from qfsdk.quant.api import check_config
     from qfsdk.quant.end_layers import raised_text
@@ -54,7 +54,7 @@ def calibrate(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, con
     check_output(output, weights, config_file)
     config = build_config(bits, scheme, keep_8bit, config_file, asymmetric_acts=asymmetric_acts)
     ptq = Recipe.create(config, method, recipe)  # validates the method and the steps before any work
-    model = create(model_name, weights=weights, seed=seed)
+    model = load_model(model_name, weights, seed=seed, quantized=False)
     check_config(model, ptq.config)
     data, description = open_source(source, model, num_images=num_images, seed=seed, batch_size=batch_size,
                                     iterations=iterations, progress=True, synth_source=synth_source or DEFAULT_SOURCE)

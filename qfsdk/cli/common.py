@@ -86,15 +86,20 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 def model_options(fn: Callable) -> Callable:
-    """``--model`` and ``--weights``."""
+    """``--model`` and ``--weights``; ``--model NAME=PATH`` is read as ``--model NAME --weights PATH``
+    (:func:`qfsdk.loading.split_weights`), so the command sees a name and a weights file."""
 
     @click.option("--model", "model_name", required=True,
-                  help="Zoo model name (see `qfsdk models`) or an .onnx file written by `qfsdk import`.")
+                  help="Zoo model name (see `qfsdk models`), NAME=PATH (a float checkpoint), or an .onnx file "
+                       "written by `qfsdk import`.")
     @click.option("--weights", type=InputPath(dir_okay=False, path_type=Path),
                   help="Float checkpoint (.pth/.safetensors); dlib_resnet defaults to its installed weights.")
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
+    def wrapper(*args: Any, model_name: str, weights: Path | None, **kwargs: Any) -> Any:
+        from qfsdk.loading import split_weights
+
+        model_name, weights = split_weights(model_name, weights)
+        return fn(*args, model_name=model_name, weights=None if weights is None else Path(weights), **kwargs)
 
     return wrapper
 

@@ -115,7 +115,7 @@ def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_fi
     import torch
 
     import qfsdk
-    from qfsdk.models import create
+    from qfsdk.loading import load_model
     from qfsdk.quant.api import check_config
     from qfsdk.quant.qat import QATSettings, init_distributed, train_qat
     from qfsdk.quant.recipe import Recipe
@@ -129,7 +129,7 @@ def qat(model_name, weights, bits, scheme, asymmetric_acts, keep_8bit, config_fi
     config = start.config
     settings = QATSettings(steps=steps, batch_size=batch_size, lr=lr, freeze_bn=freeze_bn, kd_loss=kd_loss, range_warmup_steps=range_warmup,
                            validation_images=validation_images, validate_every=validate_every, checkpoint_every=checkpoint_every, seed=seed)
-    teacher = create(model_name, weights=weights, seed=seed)
+    teacher = load_model(model_name, weights, seed=seed, quantized=False)
     check_config(teacher, config)
 
     images, description = training_images(teacher, data, synth_source, output, model_name, weights, num_images, seed,

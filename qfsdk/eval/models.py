@@ -7,6 +7,9 @@ A model spec is one of:
 * a qfsdk quantized checkpoint (``.safetensors`` written by ``qfsdk calibrate``/``qat``);
 * an ONNX file or a TensorRT engine, run through :class:`qfsdk.runtime.Embedder`.
 
+The first three are read by :func:`qfsdk.loading.load_model`, as every command reads a PyTorch model;
+an ONNX file here is the deployed model, run as it is.
+
 Every kind becomes a :class:`LoadedModel` whose ``embed`` maps uint8 RGB crops (N, H, W, 3)
 to raw float32 embeddings (N, D); the protocol code adds flips and normalisation itself.
 """
@@ -70,29 +73,18 @@ class LoadedModel:
         return np.asarray(self.embedder.embed(np.ascontiguousarray(crops)), dtype=np.float32)
 
 
-def _zoo(spec: str, batch_size: int) -> LoadedModel:
-    from qfsdk.models import create
-
-    return _torch_model(spec, "float", create(spec), batch_size)
-
-
-def _float_checkpoint(spec: str, batch_size: int) -> LoadedModel:
-    from qfsdk.models import create
-
-    name, _, path = spec.partition("=")
-    if not Path(path).is_file():
-        raise QfsdkError(f"{spec}: no such checkpoint file {path!r}")
-    return _torch_model(f"{name}={Path(path).name}", "float", create(name, weights=path), batch_size)
-
-
-def _quantized(spec: str, batch_size: int) -> LoadedModel:
+def _torch(spec: str, batch_size: int) -> LoadedModel:
+    """A zoo name, NAME=PATH or a quantized checkpoint, through :func:`qfsdk.loading.load_model`."""
     from qfsdk.errors import CheckpointError
     from qfsdk.file_kinds import require_quantized_checkpoint
-    from qfsdk.quant import load
+    from qfsdk.loading import is_quantized_checkpoint, load_model, split_weights
 
+    if not is_quantized_checkpoint(spec):
+        name, path = split_weights(spec)
+        return _torch_model(name if path is None else f"{name}={Path(path).name}", "float", load_model(spec), batch_size)
     require_quantized_checkpoint(spec)
     try:
-        module = load(spec)
+        module = load_model(spec)
     except CheckpointError as exc:
         raise QfsdkError(f"{exc}; for a float checkpoint write NAME={spec} (e.g. iresnet50={spec})") from None
     return _torch_model(Path(spec).name, "quantized", module, batch_size)
@@ -116,13 +108,11 @@ def _torch_model(label: str, kind: str, module: Any, batch_size: int) -> LoadedM
 
 # kind -> loader(spec, batch_size); the single place a model kind is added.
 LOADERS: dict[str, Callable[[str, int], LoadedModel]] = {
-    "zoo": _zoo,
-    "float": _float_checkpoint,
-    "quantized": _quantized,
+    "torch": _torch,
     "runtime": _runtime,
 }
 # content kind (qfsdk.file_kinds) of a model file -> loader kind
-CONTENT_KINDS = {"quantized": "quantized", "onnx": "runtime"}
+CONTENT_KINDS = {"quantized": "torch", "onnx": "runtime"}
 
 
 def model_kind(spec: str) -> str:
@@ -130,13 +120,13 @@ def model_kind(spec: str) -> str:
     TensorRT engines by their suffix."""
     from qfsdk.file_kinds import WEIGHTS_KINDS, identify
 
-    if "=" in spec:
-        return "float"
     path = Path(spec)
+    if "=" in spec and not path.exists():
+        return "torch"
     if path.suffix.lower() in ENGINE_SUFFIXES:
         return "runtime"
     if not path.exists():
-        return "zoo"
+        return "torch"
     kind = identify(path)
     if kind.name in CONTENT_KINDS:
         return CONTENT_KINDS[kind.name]

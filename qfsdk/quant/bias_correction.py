@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from qfsdk.progress import progress_bar
+
 from .algorithms import CalibrationRun, register_algorithm, weight_quantizers
 from .capture import quantized_layers_in_order, run_until
 from .graph import ModuleGraph, traced_graph
@@ -79,7 +81,7 @@ def correct_biases(run: CalibrationRun, options: None) -> None:
                if (target := _target(modules, name, layer, graph))]
     with bypassed(model):
         reference = _means(model, [layer for layer, _ in targets], batches, device)
-    for layer, (tensor, sign) in targets:
+    for layer, (tensor, sign) in progress_bar(targets, desc="bias correction", disable=not run.progress):  # one pass per layer
         shifted = _means(model, [layer], batches, device, stop_at=layer).mean(layer)
         tensor.add_(sign * (reference.mean(layer) - shifted).to(tensor.dtype))
     log.info("bias correction: %d of %d quantized layers", len(targets), len(list(weight_quantizers(model))))
