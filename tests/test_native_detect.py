@@ -154,7 +154,7 @@ def test_bad_detectors_and_options_fail_with_a_status_and_message(lib, tmp_path)
 
 def test_bad_photo_calls_are_status_codes(lib, sface, tmp_path):
     image = np.zeros((64, 80, 3), np.uint8)
-    u8p, f32p, count = ctypes.POINTER(ctypes.c_uint8), ctypes.POINTER(ctypes.c_float), ctypes.c_size_t(4)
+    u8p, count = ctypes.POINTER(ctypes.c_uint8), ctypes.c_size_t(4)
     pixels = image.ctypes.data_as(u8p)
     no_template = tiny_onnx(tmp_path / "m.onnx", {k: v for k, v in TINY_CONTRACT.items() if k != "template"})
     with lib.embedder(sface, num_threads=1) as emb, lib.detector(DEFAULT_DETECTOR, num_threads=1) as det, \
