@@ -130,7 +130,9 @@ def _kind(text: str) -> str:
 
 
 def _is_qfsdk_checkpoint(text: str, options: ConvertOptions) -> bool:
-    return _kind(text) == "quantized"
+    from qfsdk.loading import is_quantized_checkpoint
+
+    return is_quantized_checkpoint(text)
 
 
 def _read_qfsdk_checkpoint(text: str, options: ConvertOptions) -> Source:
